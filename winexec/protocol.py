@@ -1,0 +1,135 @@
+"""The JSON lines between the executor (scheduler side) and ``winexec.agent`` (Windows host side).
+
+Both sides import this module and nothing else of each other. One JSON object per line, ASCII
+only (``ensure_ascii``): Windows PowerShell 5.1 pipes text to native commands in the console code
+page, so anything non-ASCII must travel as ``\\uXXXX`` escapes.
+
+Executor -> agent (pipeline input, i.e. the agent's stdin):
+  ``start``      first line: the workload (token included) and the run's limits
+  ``keepalive``  the executor is still there; the agent stops the task if these cease
+  ``stop``       stop the task now (revoke, hung, timeout seen by the executor)
+
+Agent -> executor (pipeline output, i.e. the agent's stdout):
+  ``started``    the task process is running (pid, host, user, whether a TGT was delegated)
+  ``heartbeat``  every ``heartbeat_interval`` seconds while the task runs
+  ``log``        a diagnostic line from the agent itself (never the task's own log)
+  ``exit``       the outcome; always the last line
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Literal
+
+PROTOCOL_VERSION = 1
+
+#: Outcomes an ``exit`` event may carry. ``success``/``failed`` come from the task itself;
+#: the rest say why the agent could not run it or stopped it.
+ExitState = Literal["success", "failed", "timeout", "stopped", "orphaned", "duplicate", "error"]
+
+
+class ProtocolError(ValueError):
+    """A line that is not a message of this protocol (wrong JSON, type or version)."""
+
+
+@dataclass
+class Message:
+    type: ClassVar[str]
+
+    def to_line(self) -> str:
+        body = {"v": PROTOCOL_VERSION, "type": self.type, **asdict(self)}
+        return json.dumps(body, ensure_ascii=True, separators=(",", ":")) + "\n"
+
+
+# -- executor -> agent ---------------------------------------------------------------------
+@dataclass
+class Start(Message):
+    type: ClassVar[str] = "start"
+    #: ``workloads.ExecuteTask`` as JSON (``model_dump(mode="json")``); carries the task's token.
+    workload: dict[str, Any]
+    #: Unique per launch attempt; names the agent's run on the host (adoption, idempotence).
+    run_id: str
+    heartbeat_interval: float = 5.0
+    #: Stop the task when no ``keepalive`` arrived for this long; 0 disables the check.
+    keepalive_timeout: float = 0.0
+    #: Seconds; the agent enforces it from outside the task process. ``None``: no limit.
+    execution_timeout: float | None = None
+    #: Extra seconds past ``execution_timeout`` before the agent kills the tree.
+    grace: float = 10.0
+
+    def __repr__(self) -> str:  # never show the token
+        return f"Start(run_id={self.run_id!r}, ti={self.workload.get('ti', {}).get('id')!r})"
+
+
+@dataclass
+class Keepalive(Message):
+    type: ClassVar[str] = "keepalive"
+
+
+@dataclass
+class Stop(Message):
+    type: ClassVar[str] = "stop"
+    reason: str = ""
+
+
+# -- agent -> executor ---------------------------------------------------------------------
+@dataclass
+class Started(Message):
+    type: ClassVar[str] = "started"
+    run_id: str
+    pid: int
+    host: str
+    user: str
+    delegated: bool
+    time: float = field(default_factory=time.time)
+
+
+@dataclass
+class Heartbeat(Message):
+    type: ClassVar[str] = "heartbeat"
+    run_id: str
+    time: float = field(default_factory=time.time)
+
+
+@dataclass
+class Log(Message):
+    type: ClassVar[str] = "log"
+    line: str
+    level: str = "info"
+
+
+@dataclass
+class Exit(Message):
+    type: ClassVar[str] = "exit"
+    run_id: str
+    state: ExitState
+    code: int | None = None
+    reason: str = ""
+    time: float = field(default_factory=time.time)
+
+
+MESSAGES: dict[str, type[Message]] = {
+    m.type: m for m in (Start, Keepalive, Stop, Started, Heartbeat, Log, Exit)
+}
+
+
+def parse_line(line: str | bytes) -> Message:
+    """Parse one line into its message; raise :class:`ProtocolError` on anything else."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"not a JSON line: {str(line)[:80]!r}") from e
+    if not isinstance(obj, dict):
+        raise ProtocolError("protocol line is not a JSON object")
+    if obj.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {obj.get('v')!r}, this side speaks {PROTOCOL_VERSION}")
+    cls = MESSAGES.get(obj.get("type", ""))
+    if cls is None:
+        raise ProtocolError(f"unknown message type {obj.get('type')!r}")
+    names = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in obj.items() if k in names})
+    except TypeError as e:
+        raise ProtocolError(f"bad {cls.type!r} message: {e}") from e

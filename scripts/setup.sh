@@ -19,10 +19,10 @@ fi
 PY="${PYTHON:-python3}"
 stamp=".venv/.stamp-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-    echo "setup: creating .venv and installing winexec[test]"
+    echo "setup: creating .venv and installing winexec[test,bench]"
     [ -x .venv/bin/python ] || "$PY" -m venv .venv
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[test]'
+    .venv/bin/pip install -q -e '.[test,bench]'
     rm -f .venv/.stamp-*
     touch "$stamp"
 fi

@@ -1,9 +1,950 @@
-"""Airflow glue: maps BaseExecutor calls onto the pool, launcher and watchdog (placeholder)."""
+"""Airflow glue: maps BaseExecutor calls onto the host pool, the launcher and the watchdog.
+
+Threading model (the same split as the AWS ECS executor's executor / config / task collection):
+the scheduler thread owns every record, the host pool and the event buffer; a bounded pool of
+I/O worker threads does all network work (launch, one poll, stop), one job per task at a time,
+and reports through a thread-safe queue that ``sync()`` drains. A running task therefore costs a
+:class:`TaskRecord` and a share of the workers, never a thread of its own, and ``sync()`` /
+``heartbeat()`` never wait on the network.
+"""
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import json
+import os
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 from airflow.executors.base_executor import BaseExecutor
+
+from winexec import protocol
+from winexec.config import HostSpec, Settings, load, reread_hosts
+from winexec.identity import Identity, IdentityError, TaskFacts, resolve
+from winexec.launcher import (
+    AgentFailure,
+    CredentialStore,
+    LaunchError,
+    PollResult,
+    PythonMissing,
+    TaskSession,
+    TicketFailure,
+    classify,
+    open_session,
+    python_missing_reason,
+    reattach_session,
+)
+from winexec.pool import HostPool
+from winexec.watchdog import Liveness, judge
+
+if TYPE_CHECKING:
+    from airflow.executors import workloads
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.taskinstancekey import TaskInstanceKey
+    from sqlalchemy.orm import Session
+
+#: How long ``stop`` waits for the agent's ``exit`` line before tearing the pipeline down.
+STOP_WAIT = 5.0
+#: Retry delay while no host has a free slot or after a "host full" answer.
+FULL_RETRY = 2.0
+#: How often the watchdog sweeps all running tasks.
+SWEEP_INTERVAL = 1.0
+#: stderr lines of an agent kept for a failure message.
+ERROR_TAIL = 5
+
+
+class Phase(Enum):
+    WAITING = "waiting"  # accepted, waiting for a host slot or a retry backoff
+    LAUNCHING = "launching"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    DONE = "done"
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """Everything the executor knows about one accepted task instance."""
+
+    key: TaskInstanceKey
+    workload: workloads.ExecuteTask | None  # None for a task adopted from a previous scheduler
+    identity: Identity
+    execution_timeout: float | None
+    run_id: str = ""
+    attempt: int = 0
+    phase: Phase = Phase.WAITING
+    host: HostSpec | None = None
+    session: TaskSession | None = None
+    busy: bool = False  # a worker job for it is in flight
+    excluded: set[str] = field(default_factory=set)
+    live: Liveness | None = None
+    started: bool = False  # the agent said "started"
+    last_keepalive: float = 0.0
+    stop_reason: str | None = None
+    revoked: bool = False
+    reported: bool = False  # success/fail already in the event buffer
+    job_since: float | None = None  # when the in-flight job was submitted
+    errors: deque[str] = field(default_factory=lambda: deque(maxlen=ERROR_TAIL))
+    last_error: str = ""
+    log_path: str | None = None  # relative task log path (``workload.log_path``)
+
+    @property
+    def external_id(self) -> str:
+        return f"{self.host.name if self.host else ''}|{self.run_id}"
 
 
 class WindowsKerberosExecutor(BaseExecutor):
     """Runs each task instance on a Windows host over PSRP as the task's own principal."""
+
+    is_local: bool = False
+    serve_logs: bool = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings: Settings | None = None
+        self.pool: HostPool | None = None
+        self.tickets: CredentialStore | None = None
+        self.records: dict[TaskInstanceKey, TaskRecord] = {}
+        self._facts: dict[TaskInstanceKey, tuple[TaskFacts, float | None]] = {}
+        self._results: queue.SimpleQueue[tuple[str, TaskInstanceKey | None, Any]] = queue.SimpleQueue()
+        self._timers: list[tuple[float, int, TaskInstanceKey]] = []  # launches due
+        self._poll_timers: list[tuple[float, int, TaskInstanceKey]] = []  # delayed polls
+        self._waiting: set[TaskInstanceKey] = set()
+        self._seq = itertools.count()
+        self._io: ThreadPoolExecutor | None = None
+        self._dagbag: Any = None
+        self._last_sweep = 0.0
+        self._next_refresh = 0.0
+        self._refreshing = False
+        self._closing = False
+        self._clock: Callable[[], float] = time.monotonic
+        self._principals: set[str] = set()
+        self._execution_api: str | None = None
+        self._adopting: dict[TaskInstanceKey, tuple[Any, HostSpec, Identity, str]] = {}
+        self._adopted: set[TaskInstanceKey] = set()
+        self._principals_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Validate ``[winexec]`` once (all problems in one error) and start the I/O workers."""
+        settings = self.settings or load()
+        self.settings = settings
+        self.pool = HostPool(
+            settings.hosts,
+            failure_threshold=settings.host_failure_threshold,
+            cooldown=settings.host_cooldown,
+        )
+        if self.tickets is None:
+            self.tickets = _make_ticket_store(settings)
+        self._io = ThreadPoolExecutor(max_workers=settings.io_workers, thread_name_prefix="winexec-io")
+        self._next_refresh = self._clock() + settings.host_refresh_interval
+        self.log.info(
+            "winexec: %d host(s) %s, %d slot(s), %d I/O worker(s)",
+            len(settings.hosts),
+            ", ".join(str(h) for h in settings.hosts),
+            self.pool.total_slots(),
+            settings.io_workers,
+        )
+
+    def _s(self) -> Settings:
+        if self.settings is None:
+            raise RuntimeError("WindowsKerberosExecutor used before start()")
+        return self.settings
+
+    def _hosts(self) -> HostPool:
+        if self.pool is None:
+            raise RuntimeError("WindowsKerberosExecutor used before start()")
+        return self.pool
+
+    # -- queueing --------------------------------------------------------------------------
+    def queue_workload(self, workload: workloads.ExecutorWorkload, session: Session) -> None:
+        """Queue as the base class does, and look up what identity and timeouts need from the DB.
+
+        The workload's TaskInstance carries queue and executor_config but not the pool, the
+        task's ``run_as_user`` or its ``execution_timeout``; the scheduler's session is at hand
+        here, so they are read now rather than from the scheduler loop later.
+        """
+        super().queue_workload(workload, session)
+        ti = getattr(workload, "ti", None)
+        if ti is None:
+            return
+        pool, run_as_user, timeout = self._task_facts_from_db(ti, session)
+        self._facts[ti.key] = (TaskFacts.from_ti(ti, pool=pool, run_as_user=run_as_user), timeout)
+
+    def _task_facts_from_db(self, ti: Any, session: Session) -> tuple[str | None, str | None, float | None]:
+        pool: str | None = None
+        run_as_user: str | None = None
+        timeout: float | None = None
+        try:
+            from airflow.models.taskinstance import TaskInstance as TI
+            from sqlalchemy import select
+
+            pool = session.scalar(select(TI.pool).where(TI.id == ti.id))
+        except Exception as e:
+            self.log.warning("winexec: cannot read the pool of %s: %s", ti.key, e)
+        try:
+            if self._dagbag is None:
+                from airflow.models.dagbag import DBDagBag
+
+                self._dagbag = DBDagBag()
+            dag = self._dagbag.get_dag(ti.dag_version_id, session=session)
+            task = dag.get_task(ti.task_id) if dag is not None else None
+            if task is not None:
+                run_as_user = getattr(task, "run_as_user", None) or None
+                et = getattr(task, "execution_timeout", None)
+                if et is not None:
+                    timeout = et.total_seconds() if hasattr(et, "total_seconds") else float(et)
+                if pool is None:
+                    pool = getattr(task, "pool", None)
+        except Exception as e:
+            self.log.warning("winexec: cannot read the task definition of %s: %s", ti.key, e)
+        return pool, run_as_user, timeout
+
+    def _process_workloads(self, workload_items: Sequence[workloads.ExecutorWorkload]) -> None:
+        """Accept as many tasks as there are free host slots; the rest stay queued for later."""
+        from airflow.executors import workloads as wl
+
+        settings = self._s()
+        capacity = self._hosts().free_slots() - self._waiting_count()
+        for workload in workload_items:
+            if not isinstance(workload, wl.ExecuteTask):
+                raise ValueError(f"WindowsKerberosExecutor cannot run {type(workload).__name__} workloads")
+            key = workload.ti.key
+            if capacity <= 0:
+                break  # stays in queued_tasks; offered again next heartbeat
+            self.queued_tasks.pop(key, None)
+            facts, timeout = self._facts.pop(key, (TaskFacts.from_ti(workload.ti), None))
+            try:
+                ident = resolve(settings, facts)
+            except IdentityError as e:
+                self.running.add(key)
+                self._finish_unlaunched(key, workload.log_path, f"cannot choose a principal: {e}")
+                continue
+            rec = TaskRecord(
+                key=key,
+                workload=workload,
+                identity=ident,
+                execution_timeout=timeout,
+                log_path=workload.log_path,
+            )
+            self.records[key] = rec
+            self.running.add(key)
+            capacity -= 1
+            self._schedule(rec, 0.0)
+        self._launch_due()
+
+    def _waiting_count(self) -> int:
+        return len(self._waiting)
+
+    # -- the loop --------------------------------------------------------------------------
+    def sync(self) -> None:
+        """Apply what the workers reported, start due launches and polls, sweep the watchdog."""
+        if self.settings is None:
+            return
+        self._drain_results()
+        self._launch_due()
+        now = self._clock()
+        while self._poll_timers and self._poll_timers[0][0] <= now:
+            rec = self.records.get(heapq.heappop(self._poll_timers)[2])
+            if rec is not None and rec.phase is Phase.RUNNING:
+                self._next_job(rec)
+        if now - self._last_sweep >= SWEEP_INTERVAL:
+            self._last_sweep = now
+            self._sweep(now)
+        if now >= self._next_refresh and not self._refreshing:
+            self._refreshing = True
+            self._submit(self._job_refresh_hosts, None)
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        assert self._io is not None
+        self._io.submit(fn, *args)
+
+    def _schedule(self, rec: TaskRecord, delay: float) -> None:
+        rec.phase = Phase.WAITING
+        self._waiting.add(rec.key)
+        heapq.heappush(self._timers, (self._clock() + delay, next(self._seq), rec.key))
+
+    def _launch_due(self) -> None:
+        """Start launches whose time has come, as far as hosts have free slots."""
+        if self._closing:
+            return
+        pool = self._hosts()
+        now = self._clock()
+        postponed: list[tuple[float, int, TaskInstanceKey]] = []
+        while self._timers and self._timers[0][0] <= now:
+            entry = heapq.heappop(self._timers)
+            rec = self.records.get(entry[2])
+            if rec is None or rec.phase is not Phase.WAITING:
+                continue
+            if rec.revoked:
+                self._forget(rec)
+                continue
+            host = pool.acquire(exclude=rec.excluded) or (pool.acquire() if rec.excluded else None)
+            if host is None:
+                postponed.append((now + FULL_RETRY, next(self._seq), rec.key))
+                continue
+            self._waiting.discard(rec.key)
+            rec.host = host
+            rec.attempt += 1
+            rec.run_id = uuid.uuid4().hex
+            rec.phase = Phase.LAUNCHING
+            rec.busy = True
+            rec.job_since = now
+            self._submit(self._job_launch, rec.key, host, rec.identity, self._start_message(rec))
+        for entry in postponed:
+            heapq.heappush(self._timers, entry)
+
+    def _start_message(self, rec: TaskRecord) -> protocol.Start:
+        s = self._s()
+        assert rec.workload is not None
+        return protocol.Start(
+            workload=rec.workload.model_dump(mode="json"),
+            run_id=rec.run_id,
+            heartbeat_interval=s.heartbeat_interval,
+            keepalive_timeout=s.keepalive_timeout,
+            execution_timeout=rec.execution_timeout,
+            grace=s.execution_timeout_grace,
+            server=self._server_url(),
+        )
+
+    def _server_url(self) -> str | None:
+        """The Execution API URL the task on the host talks to (``[core] execution_api_server_url``)."""
+        if self._execution_api is None:
+            try:
+                from airflow.executors.base_executor import get_execution_api_server_url
+
+                self._execution_api = get_execution_api_server_url(self.conf)
+            except Exception as e:
+                self.log.warning("winexec: cannot resolve the execution API URL: %s", e)
+                self._execution_api = ""
+        return self._execution_api or None
+
+    # -- worker jobs (I/O threads: touch no record, only report) -----------------------------
+    def _job_launch(
+        self, key: TaskInstanceKey, host: HostSpec, ident: Identity, start: protocol.Start
+    ) -> None:
+        s = self._s()
+        assert self.tickets is not None
+        min_life = None
+        if start.execution_timeout:
+            min_life = start.execution_timeout + start.grace
+        try:
+            self._ensure_principal(ident.principal)
+            session = open_session(s, host, ident.principal, ident.delegate, self.tickets, start, min_life)
+        except LaunchError as e:
+            self._results.put(("launch_failed", key, e))
+        except Exception as e:
+            reason = f"launch crashed: {e!r}".replace(start.workload.get("token") or "\0", "***")
+            self._results.put(("launch_failed", key, AgentFailure(reason)))
+        else:
+            self._results.put(("launched", key, (session, self._clock())))
+
+    def _ensure_principal(self, principal: str) -> None:
+        """Register a principal first seen at run time (run_as_user, executor_config) with the store."""
+        with self._principals_lock:
+            if principal in self._principals:
+                return
+            add = getattr(self.tickets, "add", None)
+            if add is not None and principal not in getattr(self.tickets, "principals", ()):
+                keytab = self._s().keytab_for(principal)
+                if keytab is None:
+                    raise TicketFailure(
+                        f"no keytab for {principal}: add it to [winexec] keytabs or set keytab_dir",
+                        transient=False,
+                    )
+                try:
+                    add(principal, keytab)
+                except Exception as e:
+                    raise classify(e, HostSpec(name="-"), principal) from e
+            self._principals.add(principal)
+
+    def _job_poll(self, key: TaskInstanceKey, session: TaskSession, keepalive: bool) -> None:
+        s = self._s()
+        try:
+            if keepalive:
+                session.send(protocol.Keepalive())
+            result = session.poll(timeout=s.poll_timeout)
+        except LaunchError as e:
+            self._results.put(("poll_failed", key, (e, self._clock())))
+        except Exception as e:
+            self._results.put(("poll_failed", key, (AgentFailure(repr(e)), self._clock())))
+        else:
+            self._results.put(("polled", key, (result, self._clock())))
+
+    def _job_stop(self, key: TaskInstanceKey, session: TaskSession, reason: str) -> None:
+        try:
+            result = session.stop(reason, wait=STOP_WAIT)
+        except Exception as e:
+            result = PollResult(finished=True, errors=[repr(e)])
+        self._results.put(("stopped", key, result))
+
+    def _job_disconnect(self, key: TaskInstanceKey, session: TaskSession) -> None:
+        self._results.put(("disconnected", key, session.disconnect()))
+
+    def _job_reattach(self, key: TaskInstanceKey, host: HostSpec, ident: Identity, run_id: str) -> None:
+        s = self._s()
+        assert self.tickets is not None
+        try:
+            self._ensure_principal(ident.principal)
+            session = reattach_session(s, host, ident.principal, ident.delegate, self.tickets, run_id)
+        except LaunchError as e:
+            self._results.put(("reattach_failed", key, e))
+        except Exception as e:
+            self._results.put(("reattach_failed", key, AgentFailure(f"reattach crashed: {e!r}")))
+        else:
+            self._results.put(("reattached", key, (session, self._clock())))
+
+    def _job_refresh_hosts(self, _: None) -> None:
+        try:
+            hosts, problems = reread_hosts(self._s())
+        except Exception as e:
+            hosts, problems = (), [f"[winexec] hosts: refresh failed: {e}"]
+        self._results.put(("hosts", None, (hosts, problems)))
+
+    def _job_write_log(self, path: Path, lines: list[str]) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            now = datetime.now(timezone.utc).isoformat()
+            with open(path, "a", encoding="utf-8") as f:
+                for line in lines:
+                    entry = {"timestamp": now, "level": "error", "logger": "winexec.executor", "event": line}
+                    f.write(json.dumps(entry) + "\n")
+        except OSError as e:
+            self.log.warning("winexec: cannot write the failure reason to %s: %s", path, e)
+
+    # -- results (scheduler thread) ---------------------------------------------------------
+    def _drain_results(self) -> None:
+        while True:
+            try:
+                kind, key, payload = self._results.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "hosts":
+                self._on_hosts(*payload)
+                continue
+            if kind in ("reattached", "reattach_failed"):
+                self._on_reattach_result(kind, key, payload)
+                continue
+            rec = self.records.get(key) if key is not None else None
+            if rec is None:
+                if kind == "launched":
+                    # forgotten meanwhile (terminate): do not leave the agent running
+                    self._submit(self._job_stop, key, payload[0], "no longer wanted")
+                continue
+            rec.busy = False
+            rec.job_since = None
+            if kind == "launched":
+                self._on_launched(rec, *payload)
+            elif kind == "launch_failed":
+                self._on_launch_failed(rec, payload)
+            elif kind == "polled":
+                self._on_polled(rec, *payload)
+            elif kind == "poll_failed":
+                self._on_poll_failed(rec, *payload)
+            elif kind == "stopped":
+                self._on_stopped(rec, payload)
+            elif kind == "disconnected":
+                self.log.info("winexec: %s left running on %s (run %s)", rec.key, _host(rec), rec.run_id)
+                rec.session = None
+                self._forget(rec)
+
+    def _on_hosts(self, hosts: tuple[HostSpec, ...], problems: list[str]) -> None:
+        self._refreshing = False
+        self._next_refresh = self._clock() + self._s().host_refresh_interval
+        if problems:
+            for p in problems:
+                self.log.error("winexec: %s (keeping the current hosts)", p)
+            return
+        added, removed = self._hosts().update(hosts)
+        if added or removed:
+            self.log.info("winexec: hosts added %s, removed %s (running tasks finish)", added, removed)
+
+    def _on_launched(self, rec: TaskRecord, session: TaskSession, at: float) -> None:
+        assert rec.host is not None
+        self._hosts().launch_succeeded(rec.host.name)
+        rec.session = session
+        rec.phase = Phase.RUNNING
+        rec.last_keepalive = at
+        rec.live = Liveness(last_heartbeat=at, last_poll_ok=at)
+        self.log.info(
+            "winexec: %s launched on %s as %s (%s), run %s",
+            rec.key,
+            rec.host.name,
+            rec.identity.principal,
+            rec.identity.source,
+            rec.run_id,
+        )
+        if not rec.revoked and not rec.reported:
+            self.running_state(rec.key, rec.external_id)
+        self._next_job(rec)
+
+    def _on_launch_failed(self, rec: TaskRecord, err: LaunchError) -> None:
+        assert rec.host is not None
+        pool, s = self._hosts(), self._s()
+        host = rec.host.name
+        pool.release(host)
+        rec.host = None
+        if rec.revoked:
+            self._forget(rec)
+            return
+        if err.kind == "full":
+            pool.host_full(host)
+            rec.excluded.add(host)
+            rec.attempt -= 1  # a full host is not the task's failed attempt
+            self._schedule(rec, FULL_RETRY if len(rec.excluded) >= len(pool.hosts) else 0.0)
+            return
+        if err.host_fault:
+            if pool.launch_failed(host):
+                self.log.warning(
+                    "winexec: host %s taken out for %.0f s after failures", host, s.host_cooldown
+                )
+            rec.excluded.add(host)
+        self.log.warning("winexec: launch %d of %s on %s failed: %s", rec.attempt, rec.key, host, err.reason)
+        if err.transient and rec.attempt < s.launch_attempts:
+            delay = min(s.launch_backoff * 2 ** (rec.attempt - 1), s.launch_backoff_max)
+            self._schedule(rec, delay)
+            return
+        tries = f" after {rec.attempt} attempt(s)" if rec.attempt > 1 else ""
+        where = "" if err.kind == "ticket" else f" on {host}"
+        self._finish_unlaunched(
+            rec.key, rec.log_path, f"could not start the task{where}{tries}: {err.reason}"
+        )
+        self._forget(rec)
+
+    def _on_polled(self, rec: TaskRecord, result: PollResult, at: float) -> None:
+        assert rec.live is not None and rec.host is not None
+        got_heartbeat = False
+        outcome: protocol.Exit | None = None
+        for msg in result.messages:
+            if isinstance(msg, protocol.Heartbeat):
+                got_heartbeat = True
+            elif isinstance(msg, protocol.Started):
+                got_heartbeat = True
+                rec.started = True
+                if rec.execution_timeout is not None:
+                    # the agent times the task from its start; this is the backstop behind it
+                    s = self._s()
+                    slack = s.execution_timeout_grace + 2 * s.heartbeat_interval + s.poll_timeout
+                    rec.live.deadline = at + rec.execution_timeout + slack
+                self.log.info(
+                    "winexec: %s started on %s pid %s as %s (delegated=%s)",
+                    rec.key,
+                    msg.host,
+                    msg.pid,
+                    msg.user,
+                    msg.delegated,
+                )
+            elif isinstance(msg, protocol.Log):
+                self.log.log(
+                    _level(msg.level), "winexec agent %s %s: %s", rec.host.name, rec.run_id, msg.line
+                )
+            elif isinstance(msg, protocol.Exit):
+                outcome = msg
+        for line in result.foreign:
+            self.log.info("winexec agent %s %s output: %s", rec.host.name, rec.run_id, line[:1000])
+        for line in result.errors:
+            rec.errors.append(line[:500])
+            self.log.warning("winexec agent %s %s error: %s", rec.host.name, rec.run_id, line[:1000])
+        if got_heartbeat:
+            rec.live.heartbeat(at)
+        else:
+            rec.live.polled(at)
+        if outcome is not None:
+            self._on_exit(rec, outcome)
+            return
+        if result.finished:
+            self._on_vanished(rec)
+            return
+        self._next_job(rec)
+
+    def _on_poll_failed(self, rec: TaskRecord, err: LaunchError, at: float) -> None:
+        assert rec.live is not None and rec.host is not None
+        rec.live.poll_failed()
+        rec.last_error = err.reason
+        if rec.live.poll_failures in (1, 10) or rec.live.poll_failures % 100 == 0:
+            self.log.warning("winexec: polling %s on %s failed: %s", rec.key, rec.host.name, err.reason)
+        self._next_job(rec, delay=min(2.0 ** min(rec.live.poll_failures, 4), 10.0))
+
+    def _on_stopped(self, rec: TaskRecord, result: PollResult) -> None:
+        outcome = next((m for m in result.messages if isinstance(m, protocol.Exit)), None)
+        if outcome is not None:
+            self.log.info(
+                "winexec: %s stopped (%s): agent says %s %s",
+                rec.key,
+                rec.stop_reason,
+                outcome.state,
+                outcome.reason,
+            )
+        self._done(rec)
+
+    def _on_exit(self, rec: TaskRecord, msg: protocol.Exit) -> None:
+        if rec.revoked or rec.reported:
+            self._done(rec, stop_session=True)
+            return
+        if msg.state == "duplicate":
+            # Another run already has this try on that host (e.g. from a previous scheduler):
+            # it drives the task instance; failing it here would fail that run's work.
+            self.log.warning("winexec: %s not started on %s: %s", rec.key, _host(rec), msg.reason)
+            rec.reported = True
+            self._done(rec, stop_session=True)
+            return
+        if msg.state == "success":
+            rec.reported = True
+            self.success(rec.key, rec.external_id)
+        else:
+            reason = msg.reason or f"task ended {msg.state}"
+            if msg.state == "failed":
+                self.log.info("winexec: %s failed on %s (exit code %s)", rec.key, _host(rec), msg.code)
+            else:
+                self.log.error("winexec: %s ended %s on %s: %s", rec.key, msg.state, _host(rec), reason)
+                if not rec.started:
+                    self._write_reason(
+                        rec, [f"winexec: the agent on {_host(rec)} did not run the task: {reason}"]
+                    )
+            self._fail(rec, reason)
+        self._done(rec, stop_session=True)
+
+    def _on_vanished(self, rec: TaskRecord) -> None:
+        """The pipeline ended without an ``exit`` line: Python missing, or the agent died."""
+        s = self._s()
+        assert rec.host is not None
+        missing = python_missing_reason(list(rec.errors), rec.host, s.python)
+        if missing:
+            self._hosts().launch_failed(rec.host.name)
+            reason = PythonMissing(missing).reason
+        else:
+            tail = "; ".join(rec.errors) or "no error output"
+            what = "before starting the task" if not rec.started else "without reporting an outcome"
+            reason = f"the agent on {rec.host.name} exited {what}: {tail}"
+        if not rec.revoked and not rec.reported:
+            self.log.error("winexec: %s failed: %s", rec.key, reason)
+            self._write_reason(rec, [f"winexec: {reason}"], only_if_exists=rec.started)
+            self._fail(rec, reason)
+        self._done(rec, stop_session=True)
+
+    # -- next step for a record ---------------------------------------------------------------
+    def _next_job(self, rec: TaskRecord, delay: float = 0.0) -> None:
+        """Queue the next worker job for a running record: stop if asked, else keepalive + poll."""
+        if rec.busy or rec.session is None:
+            return
+        now = self._clock()
+        if self._closing and rec.stop_reason is None:
+            # scheduler shutting down: leave the agent running in a disconnected shell for the
+            # next scheduler to adopt (it stops itself if none does within keepalive_timeout)
+            rec.busy, rec.job_since = True, now
+            self._submit(self._job_disconnect, rec.key, rec.session)
+            return
+        if rec.stop_reason is not None:
+            rec.phase = Phase.STOPPING
+            rec.busy, rec.job_since = True, now
+            self._submit(self._job_stop, rec.key, rec.session, rec.stop_reason)
+            return
+        if delay > 0:
+            # e.g. a failing host: poll again later, without holding a worker while waiting
+            heapq.heappush(self._poll_timers, (now + delay, next(self._seq), rec.key))
+            return
+        s = self._s()
+        keepalive = bool(s.keepalive_timeout) and now - rec.last_keepalive >= s.keepalive_timeout / 4
+        if keepalive:
+            rec.last_keepalive = now
+        rec.busy, rec.job_since = True, now
+        self._submit(self._job_poll, rec.key, rec.session, keepalive)
+
+    def request_stop(self, rec: TaskRecord, reason: str) -> None:
+        """Stop a task on its host (watchdog, revoke): the next job for it is the stop."""
+        if rec.stop_reason is not None:
+            return
+        rec.stop_reason = reason
+        if rec.phase is Phase.RUNNING and not rec.busy:
+            self._next_job(rec)
+
+    def _sweep(self, now: float) -> None:
+        """The watchdog over all running tasks: fail hung or overdue ones now, stop them next."""
+        if len(self._facts) > len(self.queued_tasks):  # facts of workloads the scheduler took back
+            self._facts = {k: v for k, v in self._facts.items() if k in self.queued_tasks}
+        hung_after, start_timeout = self._s().hung_after, self._s().start_timeout
+        for rec in list(self.records.values()):
+            if rec.phase is not Phase.RUNNING or rec.live is None or rec.stop_reason is not None:
+                continue
+            stuck = rec.job_since if rec.busy else None
+            verdict = judge(
+                rec.live, now, hung_after, _host(rec), in_flight_since=stuck, start_timeout=start_timeout
+            )
+            if verdict is None:
+                continue
+            self.log.error("winexec: %s is %s: %s; stopping it", rec.key, verdict.kind, verdict.reason)
+            if not rec.revoked and not rec.reported:
+                self._write_reason(rec, [f"winexec: {verdict.reason}"], only_if_exists=rec.started)
+                self._fail(rec, verdict.reason)
+            self.request_stop(rec, verdict.reason)
+
+    def _fail(self, rec: TaskRecord, reason: str) -> None:
+        rec.reported = True
+        self.fail(rec.key, reason)
+
+    # -- endings ------------------------------------------------------------------------------
+    def _done(self, rec: TaskRecord, stop_session: bool = False) -> None:
+        if stop_session and rec.session is not None and not rec.session.closed:
+            self._submit(_close_quietly, rec.session)
+        rec.session = None
+        self._forget(rec)
+
+    def _forget(self, rec: TaskRecord) -> None:
+        rec.phase = Phase.DONE
+        self._waiting.discard(rec.key)
+        if rec.host is not None:
+            self._hosts().release(rec.host.name)
+            rec.host = None
+        self.records.pop(rec.key, None)
+        self.running.discard(rec.key)
+
+    def _finish_unlaunched(self, key: TaskInstanceKey, log_path: str | None, reason: str) -> None:
+        """The task never ran: fail it and put the reason where its log will show it."""
+        self.log.error("winexec: %s failed: %s", key, reason)
+        path = _log_file(log_path)
+        if path is not None:
+            self._submit(self._job_write_log, path, [f"winexec: {reason}"])
+        self.fail(key, reason)
+
+    def _write_reason(self, rec: TaskRecord, lines: list[str], only_if_exists: bool = False) -> None:
+        """Append to the task's log file on this machine.
+
+        When the task did run, its log lives on the Windows host and Airflow shows it from there
+        unless a local file exists; so then we only append to a file that already exists (a
+        shared log folder) and never create one that would hide the host's log.
+        """
+        path = _log_file(rec.log_path)
+        if path is None or (only_if_exists and not path.exists()):
+            return
+        self._submit(self._job_write_log, path, lines)
+
+    def end(self) -> None:
+        """Stop launching and detach from every running task, leaving it running on its host.
+
+        Each agent keeps running in a disconnected WinRM shell named by its run id; the next
+        scheduler reattaches to it in :meth:`try_adopt_task_instances`. An agent nobody
+        reattaches to stops its task once no keepalive arrived for ``keepalive_timeout``.
+        Queued-but-unlaunched tasks are simply not started.
+        """
+        self._closing = True
+        if self.settings is None or self._io is None:
+            return
+        s = self._s()
+        for rec in list(self.records.values()):
+            if rec.phase is Phase.WAITING:
+                self._forget(rec)
+            elif rec.phase is Phase.RUNNING and not rec.busy:
+                self._next_job(rec)  # the disconnect
+        deadline = self._clock() + s.connect_timeout + s.read_timeout
+        while self.records and self._clock() < deadline:
+            self._drain_results()
+            for rec in list(self.records.values()):
+                if rec.phase is Phase.RUNNING and not rec.busy:
+                    self._next_job(rec)
+            time.sleep(0.05)
+        if self.records:
+            self.log.warning("winexec: %d task(s) not detached cleanly at shutdown", len(self.records))
+        self._io.shutdown(wait=False, cancel_futures=True)
+        self._close_tickets()
+
+    def _close_tickets(self) -> None:
+        close = getattr(self.tickets, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception as e:
+                self.log.warning("winexec: closing the ticket store: %s", e)
+
+    def terminate(self) -> None:
+        """Stop every running task on its host (SIGTERM of the daemon), then shut down."""
+        self._closing = True
+        if self.settings is None or self._io is None:
+            return
+        for rec in list(self.records.values()):
+            if rec.session is not None:
+                self._submit(self._job_stop, rec.key, rec.session, "scheduler terminating")
+                rec.session = None
+            self._forget(rec)
+        self._io.shutdown(wait=True, cancel_futures=False)
+        self._close_tickets()
+
+    def revoke_task(self, *, ti: TaskInstance) -> None:
+        """Stop the task on its host and forget it, without reporting a state."""
+        key = ti.key
+        self.queued_tasks.pop(key, None)
+        self._facts.pop(key, None)
+        rec = self.records.get(key)
+        self.running.discard(key)
+        if rec is None:
+            return
+        rec.revoked = True
+        if rec.phase is Phase.WAITING:
+            self._forget(rec)
+        elif rec.phase is Phase.RUNNING:
+            self.request_stop(rec, "revoked by the scheduler")
+        elif rec.phase is Phase.LAUNCHING:
+            rec.stop_reason = "revoked by the scheduler"  # the stop follows the launch
+
+    def try_adopt_task_instances(self, tis: Sequence[TaskInstance]) -> Sequence[TaskInstance]:
+        """Reattach to the agents a previous scheduler left running; hand back the rest.
+
+        The external executor id ``<host>|<run_id>`` names the host and the run, and the run id
+        is the id of the WinRM shell the agent runs in, so the shell can be found and connected
+        to again as the task's principal. This waits (bounded by the connect and read timeouts)
+        for the reattach attempts: adoption happens when a scheduler takes over, not on every
+        heartbeat. Whatever could not be reattached is returned for the scheduler to reset.
+        """
+        if self.settings is None or self._io is None or self._closing:
+            return tis
+        s, pool = self._s(), self._hosts()
+        pending: dict[TaskInstanceKey, TaskInstance] = {}
+        for ti in tis:
+            try:
+                ext = str(getattr(ti, "external_executor_id", None) or "")
+            except Exception:
+                continue
+            host_name, _, run_id = ext.partition("|")
+            if not run_id or host_name not in pool or ti.key in self.records:
+                continue
+            try:
+                ident = resolve(s, self._facts_for_orm_ti(ti))
+            except Exception as e:  # adoption must never take the scheduler down
+                self.log.warning("winexec: cannot adopt %s: %s", ti.key, e)
+                continue
+            host = pool[host_name].spec
+            self._adopting[ti.key] = (ti, host, ident, run_id)
+            pending[ti.key] = ti
+            self._submit(self._job_reattach, ti.key, host, ident, run_id)
+        deadline = self._clock() + s.connect_timeout + s.read_timeout
+        while any(k in self._adopting for k in pending) and self._clock() < deadline:
+            time.sleep(0.05)
+            self._drain_results()
+        adopted = {k for k in pending if k in self._adopted}
+        self._adopted -= adopted
+        for k in pending:
+            if k not in adopted:
+                self._adopting.pop(k, None)  # a late answer closes the session
+        if pending:
+            self.log.info("winexec: adopted %d of %d orphaned task(s)", len(adopted), len(tis))
+        return [ti for ti in tis if ti.key not in adopted]
+
+    def _facts_for_orm_ti(self, ti: Any) -> TaskFacts:
+        """Identity facts of a scheduler-side TaskInstance, read through the session it is bound to.
+
+        Never a session of our own: Airflow's ``create_session`` is the scheduler's scoped
+        session, and closing it would detach the very instances being adopted.
+        """
+        from sqlalchemy.orm import object_session
+
+        run_as_user: str | None = None
+        session = object_session(ti)
+        if session is not None:
+            _, run_as_user, _ = self._task_facts_from_db(ti, session)
+        return TaskFacts(
+            queue=getattr(ti, "queue", None),
+            pool=getattr(ti, "pool", None),
+            run_as_user=run_as_user,
+            executor_config=getattr(ti, "executor_config", None),
+        )
+
+    def _on_reattach_result(self, kind: str, key: TaskInstanceKey | None, payload: Any) -> None:
+        pending = self._adopting.pop(key, None) if key is not None else None
+        if kind == "reattach_failed":
+            if pending is not None:
+                self.log.warning("winexec: cannot reattach to %s: %s", key, payload.reason)
+            return
+        session, at = payload
+        if pending is None or key is None or self._closing:
+            self._submit(self._job_stop, key, session, "not adopted")  # too late: the scheduler resets it
+            return
+        ti, host, ident, run_id = pending
+        claimed = self._hosts().claim(host.name)
+        log_path: str | None = None
+        try:
+            from airflow.utils.helpers import log_filename_template_renderer
+
+            log_path = log_filename_template_renderer()(ti=ti)
+        except Exception:
+            log_path = None
+        rec = TaskRecord(
+            key=key,
+            workload=None,
+            identity=ident,
+            execution_timeout=None,  # the agent enforces it; it started before we came
+            run_id=run_id,
+            phase=Phase.RUNNING,
+            host=claimed or host,
+            session=session,
+            started=True,
+            log_path=log_path,
+        )
+        rec.live = Liveness(last_heartbeat=at, last_poll_ok=at, heard=True)
+        self.records[key] = rec
+        self.running.add(key)
+        self._adopted.add(key)
+        self.log.info("winexec: adopted %s: reattached to run %s on %s", key, run_id, host.name)
+        self._next_job(rec)
+
+    def get_task_log(self, ti: TaskInstance, try_number: int) -> tuple[list[str], list[str]]:
+        return [], []
+
+    # -- introspection for tests and the CLI --------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        phases: dict[str, int] = {}
+        for r in self.records.values():
+            phases[r.phase.value] = phases.get(r.phase.value, 0) + 1
+        return {"phases": phases, "hosts": self._hosts().describe() if self.pool else []}
+
+
+def _host(rec: TaskRecord) -> str:
+    return rec.host.name if rec.host else "?"
+
+
+def _level(name: str) -> int:
+    import logging
+
+    level = getattr(logging, name.upper(), None)
+    return level if isinstance(level, int) else logging.INFO
+
+
+def _close_quietly(session: TaskSession) -> None:
+    session.close()
+
+
+def _log_file(log_path: str | None) -> Path | None:
+    if not log_path:
+        return None
+    from airflow.configuration import conf
+
+    base = conf.get("logging", "base_log_folder", fallback="")
+    if not base:
+        return None
+    return Path(os.path.expanduser(base)) / log_path
+
+
+def _make_ticket_store(settings: Settings) -> CredentialStore:
+    """A ``winexec.tickets.TicketStore`` with every statically configured principal, started.
+
+    Starting acquires each TGT now, so a bad keytab or unknown principal stops the scheduler at
+    start-up with the principal named, instead of failing tasks one by one later.
+    """
+    from winexec.tickets import TicketStore
+
+    keytabs: dict[str, str] = {}
+    for principal in settings.static_principals():
+        path = settings.keytab_for(principal)
+        if path:
+            keytabs[principal] = path
+    store = TicketStore(keytabs)
+    store.start()
+    return store

@@ -58,6 +58,9 @@ class Start(Message):
     execution_timeout: float | None = None
     #: Extra seconds past ``execution_timeout`` before the agent kills the tree.
     grace: float = 10.0
+    #: Execution API base URL the task talks to (``.../execution/``). ``None``: the host's own
+    #: ``[core] execution_api_server_url``.
+    server: str | None = None
 
     def __repr__(self) -> str:  # never show the token
         return f"Start(run_id={self.run_id!r}, ti={self.workload.get('ti', {}).get('id')!r})"
@@ -108,6 +111,9 @@ class Exit(Message):
     code: int | None = None
     reason: str = ""
     time: float = field(default_factory=time.time)
+    #: The task instance's final state as the Task SDK supervisor saw it (``success``,
+    #: ``failed``, ``up_for_retry``, ``deferred``, ...); ``None`` if the task never ran.
+    ti_state: str | None = None
 
 
 MESSAGES: dict[str, type[Message]] = {

@@ -1,0 +1,112 @@
+"""Drive ``python -m winexec.agent`` as the stand-in will: Start on stdin, events from stdout."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from winexec.protocol import Exit, Message, Start, parse_line
+
+REPO = Path(__file__).resolve().parents[1]
+#: Windows-like mode for the agent tests (the sim's, after importing psutil).
+WINDOWSLIKE = REPO / "tests" / "agent_windowslike"
+
+
+def windowslike_env(base: dict[str, str], spool: Path) -> dict[str, str]:
+    env = dict(base)
+    env["PYTHONPATH"] = os.pathsep.join([str(WINDOWSLIKE), str(REPO)])
+    env["WINEXEC_SPOOL"] = str(spool)
+    return env
+
+
+class AgentProc:
+    """One agent process; collects every stdout line and parses it as a protocol message."""
+
+    def __init__(
+        self, start: Start, env: dict[str, str], stderr_path: Path, task_log: Path | None = None
+    ) -> None:
+        self.task_log = task_log
+        self.start_msg = start
+        self.stderr_path = stderr_path
+        self.spool = Path(env["WINEXEC_SPOOL"])
+        self._stderr = open(stderr_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "winexec.agent"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+        )
+        self.raw: list[bytes] = []
+        self.events: list[Message] = []
+        self._q: queue.Queue[Message | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.send(start)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.raw.append(line)
+            try:
+                msg = parse_line(line)
+            except Exception:
+                continue
+            self.events.append(msg)
+            self._q.put(msg)
+        self._q.put(None)
+
+    def send(self, msg: Message) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(msg.to_line().encode("ascii"))
+        self.proc.stdin.flush()
+
+    def close_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    def wait_for(self, type_: str, timeout: float = 60) -> Message:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = self._q.get(timeout=left)
+            except queue.Empty:
+                break
+            if msg is None:
+                raise AssertionError(f"agent ended before {type_!r}: {self.describe()}")
+            if msg.type == type_:
+                return msg
+        raise AssertionError(f"no {type_!r} within {timeout:g} s: {self.describe()}")
+
+    def finish(self, timeout: float = 90) -> Exit:
+        ex = self.wait_for("exit", timeout)
+        self.proc.wait(30)
+        self._stderr.close()
+        assert isinstance(ex, Exit)
+        return ex
+
+    def describe(self) -> str:
+        """Last stdout lines, stderr and the run's diagnostics file: what a failing test needs."""
+        parts = [b"".join(self.raw[-10:]).decode(errors="replace")]
+        with contextlib.suppress(OSError):
+            parts.append("--- stderr ---\n" + self.stderr_path.read_text(errors="replace")[-3000:])
+        logs = [*self.spool.glob("*.log"), *([self.task_log] if self.task_log else [])]
+        for log in logs:
+            with contextlib.suppress(OSError):
+                parts.append(f"--- {log.name} ---\n" + log.read_text(errors="replace")[-4000:])
+        return "\n".join(parts)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._stderr.close()
+
+    def of_type(self, type_: str) -> list[Any]:
+        return [e for e in self.events if e.type == type_]

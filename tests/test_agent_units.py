@@ -1,0 +1,236 @@
+"""The agent's parts without an Airflow stack: shims, containment, run markers, CLI contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.agent_helpers import REPO, WINDOWSLIKE
+from winexec.agent import compat, spool
+from winexec.agent.containment import Containment
+from winexec.protocol import Exit, Start, parse_line
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="winexec-agent-unit-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _windowslike(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WINDOWSLIKE), str(REPO)]), **env}
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=120)
+
+
+# -- compat ------------------------------------------------------------------------------------
+def test_compat_is_a_no_op_on_posix() -> None:
+    before = signal.SIGKILL
+    assert compat.install() == []
+    assert signal.SIGKILL is before
+    assert compat.install_fcntl() is False
+    assert compat.is_kill_signal(signal.SIGKILL) and not compat.is_kill_signal(signal.SIGTERM)
+
+
+def test_compat_fills_in_what_windows_lacks() -> None:
+    res = _windowslike(
+        "import os, signal, sys\n"
+        "from winexec.agent import compat\n"
+        "added = compat.install_runner()\n"
+        "import fcntl\n"
+        "with open(sys.executable, 'rb') as f:\n"
+        "    fcntl.flock(f, fcntl.LOCK_SH); fcntl.flock(f, fcntl.LOCK_UN)\n"
+        "timeout = os.environ['AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT']\n"
+        "print(added, signal.SIGKILL, compat.is_kill_signal(9), timeout)\n"
+        "import airflow.sdk.execution_time.task_runner\n"
+        "try:\n"
+        "    import pwd\n"
+        "except ImportError:\n"
+        "    print('pwd still refused')\n"
+    )
+    assert res.returncode == 0, res.stderr
+    assert "['signal.SIGKILL', 'fcntl', 'dagbag_import_timeout=0'] 9 True 0" in res.stdout
+    assert "pwd still refused" in res.stdout
+
+
+# -- containment -------------------------------------------------------------------------------
+_SLEEP = "import time; time.sleep(300)"
+_MIDDLE = (
+    f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {_SLEEP!r}]); time.sleep(300)"
+)
+_TREE = (
+    "import subprocess, sys, time\n"
+    f"child = subprocess.Popen([sys.executable, '-c', {_MIDDLE!r}])\n"
+    "print(child.pid, flush=True)\n"
+    "time.sleep(300)\n"
+)
+
+
+def _wait_for_tree(proc: subprocess.Popen[bytes], size: int) -> list[int]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pids = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+        if len(pids) >= size:
+            return pids
+        time.sleep(0.1)
+    raise AssertionError("tree did not start")
+
+
+def _all_gone(pids: list[int]) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not [
+            p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_containment_kills_the_whole_tree_and_keeps_the_exit_status() -> None:
+    c = Containment()
+    proc = subprocess.Popen([sys.executable, "-c", _TREE], stdout=subprocess.PIPE, **c.popen_kwargs())
+    c.adopt(proc)
+    pids = _wait_for_tree(proc, 3)
+    assert set(pids) <= set(c.snapshot())
+    c.kill()
+    assert _all_gone(pids)
+    # psutil must not have reaped our child behind Popen's back: the status is the kill's.
+    assert proc.wait(5) == -signal.SIGKILL
+    c.close()
+
+
+def test_containment_finds_descendants_orphaned_by_their_parent() -> None:
+    c = Containment()
+    proc = subprocess.Popen([sys.executable, "-c", _TREE], stdout=subprocess.PIPE, **c.popen_kwargs())
+    c.adopt(proc)
+    pids = _wait_for_tree(proc, 3)
+    c.snapshot()
+    middle = int(proc.stdout.readline()) if proc.stdout else 0
+    os.kill(middle, signal.SIGKILL)  # its child is re-parented away from the tree
+    time.sleep(0.3)
+    c.kill()
+    assert _all_gone(pids)
+
+
+def test_containment_terminate_is_polite() -> None:
+    c = Containment()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], **c.popen_kwargs())
+    c.adopt(proc)
+    c.terminate()
+    assert proc.wait(10) == -signal.SIGTERM
+
+
+# -- spool -------------------------------------------------------------------------------------
+def test_spool_claim_is_exclusive_and_findable(work: Path) -> None:
+    m, fresh = spool.claim("ti-1", 1, "run-a", base=work)
+    assert fresh and m.data["run_id"] == "run-a"
+    again, fresh2 = spool.claim("ti-1", 1, "run-b", base=work)
+    assert not fresh2 and again.data["run_id"] == "run-a"
+    _, fresh3 = spool.claim("ti-1", 2, "run-c", base=work)
+    assert fresh3
+    m.update(task_pid=123, state="running")
+    found = spool.find("run-a", base=work)
+    assert found is not None and found.data["task_pid"] == 123
+    assert spool.find("nope", base=work) is None
+    assert found.stop_requested() is None
+    found.request_stop("because")
+    assert m.stop_requested() == "because"
+
+
+def test_spool_dir_honours_env(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WINEXEC_SPOOL", str(work / "s"))
+    assert spool.spool_dir() == work / "s" and (work / "s").is_dir()
+
+
+# -- the CLI contract --------------------------------------------------------------------------
+def _agent(stdin: bytes, work: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(WINDOWSLIKE), str(REPO)]),
+        "WINEXEC_SPOOL": str(work),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "winexec.agent", *args], input=stdin, env=env, capture_output=True, timeout=120
+    )
+
+
+def test_a_bad_first_line_gets_an_error_exit_without_echoing_it(work: Path) -> None:
+    secret = "eyJ-very-secret-token"
+    res = _agent(b'{"v":1,"type":"start","workload":{"token":"' + secret.encode() + b'"', work)
+    assert res.returncode == 2
+    (line,) = res.stdout.splitlines()
+    ex = parse_line(line)
+    assert isinstance(ex, Exit) and ex.state == "error"
+    assert secret.encode() not in res.stdout + res.stderr
+
+
+def test_an_invalid_workload_is_an_error_and_the_token_stays_secret(work: Path) -> None:
+    secret = "eyJ-another-secret"
+    start = Start(workload={"token": secret, "ti": {"id": "not-a-uuid"}}, run_id="r1")
+    res = _agent(start.to_line().encode(), work)
+    msgs = [parse_line(x) for x in res.stdout.splitlines()]
+    assert msgs and isinstance(msgs[-1], Exit) and msgs[-1].state == "error"
+    assert secret.encode() not in res.stdout + res.stderr
+    assert secret not in repr(start)
+
+
+def test_first_line_must_be_start(work: Path) -> None:
+    res = _agent(b'{"v":1,"type":"keepalive"}\n', work)
+    ex = parse_line(res.stdout.splitlines()[-1])
+    assert isinstance(ex, Exit) and ex.state == "error" and "start" in ex.reason
+
+
+def test_self_check_is_one_json_line(work: Path) -> None:
+    res = _agent(b"", work, "--self-check")
+    assert res.returncode == 0, res.stderr
+    (line,) = res.stdout.splitlines()
+    info = json.loads(line)
+    for key in ("python", "task_sdk", "delegated", "principal", "memory_free", "disk_free", "platform"):
+        assert key in info
+    assert info["delegated"] is False  # tests never have a ticket in the default cache
+
+
+def test_self_check_sees_a_delegated_tgt(realm: object, work: Path) -> None:
+    from winexec.sim.kdc import Realm
+
+    assert isinstance(realm, Realm)
+    principal = realm.principal("alice")
+    keytab = realm.add_principal("alice")
+    ccache = work / "cc"
+    kinit = shutil.which("kinit") or "/usr/bin/kinit"
+    env = {**os.environ, **realm.env(), "KRB5CCNAME": f"FILE:{ccache}"}
+    subprocess.run([kinit, "-k", "-t", str(keytab), principal], env=env, check=True, timeout=30)
+    res = subprocess.run(
+        [sys.executable, "-m", "winexec.agent", "--self-check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    info = json.loads(res.stdout)
+    assert info["delegated"] is True and info["principal"] == principal
+
+
+def test_status_of_an_unknown_run(work: Path) -> None:
+    res = _agent(b"", work, "--status", "no-such-run")
+    assert json.loads(res.stdout) == {"found": False, "run_id": "no-such-run"}
+
+
+def test_the_agent_imports_only_the_task_sdk_of_airflow() -> None:
+    """Our own code names ``airflow.sdk`` only (the SDK itself still pulls in core, see report)."""
+    for path in (REPO / "winexec" / "agent").glob("*.py"):
+        for mod in re.findall(r"^\s*(?:from|import) (airflow[\w.]*)", path.read_text(), re.M):
+            assert mod.startswith("airflow.sdk"), f"{path.name} imports {mod}"

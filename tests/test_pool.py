@@ -1,0 +1,150 @@
+"""Host pool: placement, slots, circuit breaker, "host full", refresh. No network."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from winexec.config import HostSpec
+from winexec.pool import HostPool
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _hosts(*spec: tuple[str, int]) -> list[HostSpec]:
+    return [HostSpec(name, slots=slots) for name, slots in spec]
+
+
+def test_least_loaded_spreads_evenly() -> None:
+    clock = Clock()
+    pool = HostPool(_hosts(("a", 2), ("b", 2), ("c", 2)), clock=clock)
+    placed = []
+    for _ in range(6):
+        clock.t += 1
+        h = pool.acquire()
+        assert h is not None
+        placed.append(h.name)
+    assert Counter(placed) == {"a": 2, "b": 2, "c": 2}
+    assert pool.acquire() is None and pool.free_slots() == 0
+
+
+def test_least_loaded_is_relative_to_slots() -> None:
+    pool = HostPool(_hosts(("big", 8), ("small", 2)), clock=Clock())
+    names = [pool.acquire().name for _ in range(5)]  # type: ignore[union-attr]
+    assert names.count("big") == 4 and names.count("small") == 1
+
+
+def test_release_frees_a_slot() -> None:
+    pool = HostPool(_hosts(("a", 1)), clock=Clock())
+    assert pool.acquire() is not None and pool.acquire() is None
+    pool.release("a")
+    assert pool.acquire() is not None
+
+
+def test_exclude() -> None:
+    pool = HostPool(_hosts(("a", 4), ("b", 4)), clock=Clock())
+    assert pool.acquire(exclude={"a"}).name == "b"  # type: ignore[union-attr]
+    assert pool.acquire(exclude={"a", "b"}) is None
+
+
+def test_circuit_opens_after_threshold_and_probes_after_cooldown() -> None:
+    clock = Clock()
+    pool = HostPool(_hosts(("a", 4), ("b", 4)), failure_threshold=3, cooldown=60, clock=clock)
+    for i in range(3):
+        assert pool.acquire(exclude={"b"}).name == "a"  # type: ignore[union-attr]
+        pool.release("a")
+        opened = pool.launch_failed("a")
+        assert opened is (i == 2)
+    assert pool["a"].circuit(clock.t) == "open"
+    assert pool.acquire(exclude={"b"}) is None
+    assert pool.free_slots() == 4  # only b's
+    clock.t += 61
+    assert pool["a"].circuit(clock.t) == "half-open"
+    probe = pool.acquire(exclude={"b"})
+    assert probe is not None and probe.name == "a"
+    assert pool.acquire(exclude={"b"}) is None  # one probe at a time
+    pool.launch_succeeded("a")
+    assert pool["a"].circuit(clock.t) == "closed"
+    assert pool.acquire(exclude={"b"}).name == "a"  # type: ignore[union-attr]
+
+
+def test_failed_probe_reopens_for_another_cooldown() -> None:
+    clock = Clock()
+    pool = HostPool(_hosts(("a", 4)), failure_threshold=2, cooldown=30, clock=clock)
+    pool.launch_failed("a")
+    pool.launch_failed("a")
+    clock.t += 31
+    assert pool.acquire() is not None
+    pool.release("a")
+    assert pool.launch_failed("a") is True
+    assert pool["a"].circuit(clock.t) == "open"
+    clock.t += 29
+    assert pool.acquire() is None
+    clock.t += 2
+    assert pool.acquire() is not None
+
+
+def test_success_resets_consecutive_failures() -> None:
+    pool = HostPool(_hosts(("a", 4)), failure_threshold=3, clock=Clock())
+    pool.launch_failed("a")
+    pool.launch_failed("a")
+    pool.launch_succeeded("a")
+    pool.launch_failed("a")
+    pool.launch_failed("a")
+    assert pool["a"].circuit(0) == "closed"
+
+
+def test_host_full_is_skipped_briefly_not_failed() -> None:
+    clock = Clock()
+    pool = HostPool(_hosts(("a", 4), ("b", 4)), full_backoff=5, clock=clock)
+    pool.host_full("a")
+    assert {pool.acquire().name for _ in range(3)} == {"b"}  # type: ignore[union-attr]
+    assert pool["a"].consecutive_failures == 0
+    clock.t += 6
+    assert pool.acquire().name == "a"  # type: ignore[union-attr]
+
+
+def test_refresh_adds_removes_and_drains() -> None:
+    pool = HostPool(_hosts(("a", 2), ("b", 2)), clock=Clock())
+    assert pool.acquire(exclude={"a"}).name == "b"  # type: ignore[union-attr]
+    added, removed = pool.update(_hosts(("a", 2), ("c", 2)))
+    assert added == ["c"] and removed == ["b"]
+    assert "b" in pool and pool["b"].removed  # still running a task: drained, not dropped
+    for _ in range(4):
+        assert pool.acquire().name in {"a", "c"}  # type: ignore[union-attr]
+    assert pool.acquire() is None
+    pool.release("b")
+    assert "b" not in pool
+    assert pool.total_slots() == 4
+
+
+def test_refresh_keeps_health_and_applies_new_slots() -> None:
+    clock = Clock()
+    pool = HostPool(_hosts(("a", 1)), failure_threshold=1, clock=clock)
+    pool.launch_failed("a")
+    pool.update(_hosts(("a", 3)))
+    assert pool["a"].circuit(clock.t) == "open" and pool["a"].spec.slots == 3
+
+
+def test_removed_then_readded_host_is_placeable_again() -> None:
+    pool = HostPool(_hosts(("a", 1), ("b", 1)), clock=Clock())
+    pool.acquire(exclude={"b"})
+    pool.update(_hosts(("b", 1)))
+    assert pool["a"].removed
+    added, _ = pool.update(_hosts(("a", 2), ("b", 1)))
+    assert added == ["a"] and not pool["a"].removed
+    assert pool.acquire(exclude={"b"}).name == "a"  # type: ignore[union-attr]
+
+
+def test_unknown_host_events_are_ignored() -> None:
+    pool = HostPool(_hosts(("a", 1)), clock=Clock())
+    pool.release("zz")
+    pool.launch_failed("zz")
+    pool.launch_succeeded("zz")
+    pool.host_full("zz")
+    assert [h["host"] for h in pool.describe()] == ["a"]

@@ -1,0 +1,130 @@
+"""Windows-like mode of processes the stand-in starts, and the WinRS cmd shell via pywinrm."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+from pypsrp.powershell import PowerShell, PSInvocationState, RunspacePool
+
+from winexec.sim import SimCluster, SimHost
+from winexec.sim.kdc import Realm
+from winexec.sim.testing import kinit, running_cluster, wsman
+
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Realm, SimCluster]]:
+    with running_cluster(tmp_path_factory.mktemp("simrealm"), 1) as rc:
+        yield rc
+
+
+@pytest.fixture
+def realm(sim: tuple[Realm, SimCluster]) -> Realm:
+    return sim[0]
+
+
+@pytest.fixture
+def host(sim: tuple[Realm, SimCluster]) -> SimHost:
+    return sim[1].hosts[0]
+
+
+def _run(host: SimHost, realm: Realm, script: str) -> PowerShell:
+    with RunspacePool(wsman(host, realm)) as pool:
+        ps = PowerShell(pool)
+        ps.add_cmdlet(PY).add_argument("-c").add_argument(script)
+        ps.invoke()
+        return ps
+
+
+def test_fork_is_missing(realm: Realm, host: SimHost) -> None:
+    ps = _run(host, realm, "import os; os.fork()")
+    assert ps.state == PSInvocationState.FAILED
+    assert any("AttributeError: module 'os' has no attribute 'fork'" in str(e) for e in ps.streams.error)
+
+
+def test_fcntl_is_unimportable(realm: Realm, host: SimHost) -> None:
+    ps = _run(host, realm, "import fcntl")
+    assert ps.state == PSInvocationState.FAILED
+    assert any("ModuleNotFoundError: No module named 'fcntl'" in str(e) for e in ps.streams.error)
+
+
+def test_whole_list_is_removed_and_portable_calls_work(realm: Realm, host: SimHost) -> None:
+    script = (
+        "import importlib, os, signal, subprocess, sys\n"
+        "names = ['os.fork', 'os.forkpty', 'os.killpg', 'os.setpgid', 'os.setsid', 'os.getpgid',\n"
+        "         'signal.SIGKILL', 'signal.SIGALRM', 'signal.SIGUSR1', 'signal.SIGUSR2',\n"
+        "         'signal.setitimer']\n"
+        "print(sorted(n for n in names if hasattr(sys.modules[n.split('.')[0]], n.split('.')[1])))\n"
+        "bad = []\n"
+        "for m in ['fcntl', 'pwd', 'grp', 'resource', 'termios']:\n"
+        "    try:\n"
+        "        importlib.import_module(m)\n"
+        "        bad.append(m)\n"
+        "    except ImportError:\n"
+        "        pass\n"
+        "print(bad)\n"
+        f"p = subprocess.Popen([{PY!r}, '-c', 'import time; time.sleep(30)'])\n"
+        "p.kill(); print(p.wait() != 0)\n"
+        "print(hasattr(signal, 'SIGTERM'), hasattr(os, 'kill'))\n"
+    )
+    ps = _run(host, realm, script)
+    assert ps.output == ["[]", "[]", "True", "True True"], ps.streams.error
+
+
+def test_psutil_works_but_its_posix_imports_do_not_leak(realm: Realm, host: SimHost) -> None:
+    # psutil is cross-platform (a Windows backend on Windows); its Linux backend may import
+    # `resource`, but code under test still cannot reach it through sys.modules.
+    script = (
+        "import psutil\n"
+        "print(psutil.Process().memory_info().rss > 0)\n"
+        "try:\n"
+        "    import resource\n"
+        "    print('leak')\n"
+        "except ImportError as e:\n"
+        "    print(type(e).__name__)\n"
+    )
+    ps = _run(host, realm, script)
+    assert ps.output == ["True", "ModuleNotFoundError"], ps.streams.error
+
+
+def test_off_switch(realm: Realm, host: SimHost) -> None:
+    host.windows_like = False
+    try:
+        ps = _run(host, realm, "import os, fcntl; print(hasattr(os, 'fork'))")
+    finally:
+        host.windows_like = True
+    assert ps.output == ["True"]
+
+
+def test_pywinrm_cmd_shell(realm: Realm, host: SimHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    winrm = pytest.importorskip("winrm")
+    pytest.importorskip("kerberos", reason="pywinrm's kerberos transport needs pykerberos")
+    cc = kinit(realm, "airflow")
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{cc}")
+    session = winrm.Session(
+        f"http://{host.address}:{host.http_port}/wsman",
+        auth=(f"airflow@{realm.name}", None),
+        transport="kerberos",
+        kerberos_hostname_override=host.name,
+        message_encryption="auto",
+    )
+    r = session.run_cmd("echo", ["out-$USERNAME;", "echo", "err", ">&2;", "exit", "4"])
+    assert r.std_out == b"out-airflow\n"
+    assert r.std_err == b"err\n"
+    assert r.status_code == 4
+    r = session.run_cmd("echo", ["fine"])
+    assert (r.std_out, r.status_code) == (b"fine\n", 0)
+    assert host.shell_count == 0  # run_cmd closes its shell
+    tls = winrm.Session(
+        f"https://{host.address}:{host.https_port}/wsman",
+        auth=(f"airflow@{realm.name}", None),
+        transport="kerberos",
+        kerberos_hostname_override=host.name,
+        server_cert_validation="validate",
+        ca_trust_path=str(host.ca_cert),
+    )
+    r = tls.run_cmd("echo", ["tls"])
+    assert (r.std_out, r.status_code) == (b"tls\n", 0)

@@ -1,0 +1,262 @@
+"""A fork-free Task SDK coordinator: the task runner is a ``Popen`` child on loopback TCP.
+
+This is the SDK's own ``SubprocessCoordinator`` machinery (servers, accept with the
+process-tree ownership check, ``ActivitySubprocess`` supervision: API start/heartbeat/finish,
+XCom/Variable/Connection requests, log forwarding) with three changes that make it work on
+Windows:
+
+* the child's stdout/stderr are pipes pumped into socketpairs by two threads -- the SDK passes
+  a socket's ``fileno()`` as the child's stdout, which is no file descriptor on Windows, while
+  the supervisor's selector needs sockets (Windows ``select`` handles sockets only);
+* the child starts in :class:`~winexec.agent.containment.Containment` (Job Object / new session),
+  stdin is ``DEVNULL`` (it must never see the protocol input with the token);
+* ``kill`` stops the whole tree through the containment instead of ``os.killpg`` and the
+  ``SIGINT -> SIGTERM -> SIGKILL`` escalation, which needs POSIX signals.
+
+The agent selects it through the SDK's own ``[sdk] coordinators``/``queue_to_coordinator``
+configuration and learns about the launch through :func:`set_listener` (one task per agent).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+import attrs
+import structlog
+from airflow.sdk.configuration import conf
+from airflow.sdk.coordinators._subprocess import (
+    PopenTracker,
+    SubprocessCoordinator,
+    _accept_connections,
+    _PopenActivitySubprocess,
+    _ResourceTracker,
+    _start_server,
+)
+from airflow.sdk.execution_time.coordinator import BaseCoordinator
+
+from winexec.agent import compat
+from winexec.agent.containment import Containment
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from airflow.sdk.api.client import Client
+    from airflow.sdk.api.datamodels._generated import BundleInfo, TaskInstance
+    from structlog.typing import FilteringBoundLogger
+    from typing_extensions import Self
+
+log: FilteringBoundLogger = structlog.get_logger(logger_name="winexec.agent.coordinator")
+
+#: Environment the agent sets to route the task's queue here; not passed on to the runner.
+COORDINATOR_ENV = ("AIRFLOW__SDK__COORDINATORS", "AIRFLOW__SDK__QUEUE_TO_COORDINATOR")
+
+
+class LaunchListener(Protocol):
+    """What the agent wants to know about its one task process."""
+
+    def on_launch(self, proc: subprocess.Popen[bytes], containment: Containment) -> None: ...
+
+    def on_started(self, process: WinexecActivitySubprocess) -> None: ...
+
+
+_listener: LaunchListener | None = None
+
+
+def set_listener(listener: LaunchListener | None) -> None:
+    global _listener
+    _listener = listener
+
+
+def coordinator_config(queue: str) -> dict[str, str]:
+    """Environment that makes ``supervise_task`` pick :class:`WinexecCoordinator` for ``queue``."""
+    import json
+
+    return {
+        "AIRFLOW__SDK__COORDINATORS": json.dumps(
+            {"winexec": {"classpath": f"{__name__}.WinexecCoordinator", "kwargs": {}}}
+        ),
+        "AIRFLOW__SDK__QUEUE_TO_COORDINATOR": json.dumps({queue: "winexec"}),
+    }
+
+
+def _pump(src: IO[bytes], dst: socket.socket) -> None:
+    """Copy a pipe into a socket until EOF, then close both (EOF tells the supervisor)."""
+    try:
+        while chunk := src.read1(65536):  # type: ignore[attr-defined]
+            dst.sendall(chunk)
+    except OSError:
+        pass
+    finally:
+        dst.close()
+        src.close()
+
+
+@attrs.define(kw_only=True)
+class WinexecActivitySubprocess(_PopenActivitySubprocess):
+    """``ActivitySubprocess`` over TCP whose child lives in a :class:`Containment`."""
+
+    containment: Containment = attrs.field(factory=Containment)
+
+    @classmethod
+    def start(  # type: ignore[override]
+        cls,
+        *,
+        what: TaskInstance,
+        dag_rel_path: str | os.PathLike[str],
+        bundle_info: BundleInfo,
+        logger: FilteringBoundLogger | None = None,
+        sentry_integration: str = "",
+        command: Sequence[str],
+        subprocess_schema_version: str | None = None,
+        startup_timeout: float = 10.0,
+        **kwargs: Any,
+    ) -> Self:
+        containment = Containment()
+        try:
+            with _ResourceTracker(timeout=startup_timeout) as tracker:
+                comm_server, logs_server = tracker.track(_start_server(), _start_server())
+                stdout_r, stdout_w = tracker.track(*socket.socketpair())
+                stderr_r, stderr_w = tracker.track(*socket.socketpair())
+                env = {k: v for k, v in os.environ.items() if k not in COORDINATOR_ENV}
+                env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = conf.get("logging", "logging_level", fallback="INFO")
+                env["AIRFLOW__LOGGING__NAMESPACE_LEVELS"] = conf.get(
+                    "logging", "namespace_levels", fallback=""
+                )
+                proc = subprocess.Popen(
+                    [
+                        *command,
+                        "--comm={0[0]}:{0[1]}".format(comm_server.getsockname()),
+                        "--logs={0[0]}:{0[1]}".format(logs_server.getsockname()),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=env,
+                    **containment.popen_kwargs(),
+                )
+                tracker.track(proc)
+                containment.adopt(proc)
+                if _listener is not None:
+                    _listener.on_launch(proc, containment)
+                for src, dst, name in ((proc.stdout, stdout_w, "stdout"), (proc.stderr, stderr_w, "stderr")):
+                    tracker.untrack(dst)
+                    assert src is not None
+                    threading.Thread(
+                        target=_pump, args=(src, dst), name=f"winexec-{name}-pump", daemon=True
+                    ).start()
+                log.info("Starting subprocess", pid=proc.pid)
+
+                socks, drained = _accept_connections(
+                    {"comm": comm_server, "logs": logs_server},
+                    {"stdout": stdout_r, "stderr": stderr_r},
+                    proc,
+                    max_wait=startup_timeout,
+                )
+                tracker.track(*socks.values())
+
+                self = cls(
+                    id=what.id,
+                    pid=proc.pid,
+                    process=PopenTracker(proc),
+                    process_log=logger or structlog.get_logger(logger_name="task").bind(),
+                    start_time=time.monotonic(),
+                    stdin=socks[comm_server],
+                    subprocess_schema_version=subprocess_schema_version,
+                    comm_server=comm_server,
+                    logs_server=logs_server,
+                    containment=containment,
+                    **kwargs,
+                )
+                self._register_pipe_readers(
+                    *tracker.untrack(stdout_r, stderr_r, socks[comm_server], socks[logs_server]),
+                    data=drained,
+                )
+                self._on_child_started(
+                    ti=what,
+                    dag_rel_path=dag_rel_path,
+                    bundle_info=bundle_info,
+                    sentry_integration=sentry_integration,
+                )
+                tracker.untrack(comm_server, logs_server, proc)
+        except BaseException:
+            containment.kill()
+            raise
+        return self
+
+    def kill(
+        self,
+        signal_to_send: signal.Signals = signal.SIGINT,
+        escalation_delay: float = 5.0,
+        force: bool = False,
+    ) -> None:
+        """Stop the task's tree: terminate, then (``force`` or a kill signal) kill it whole."""
+        if self._exit_code is not None:
+            return
+        if not compat.is_kill_signal(signal_to_send):
+            self.containment.terminate()
+            if self._wait_for_exit(escalation_delay) is not None or not force:
+                return
+            log.warning("Process did not terminate in time; killing the tree", pid=self.pid)
+        self.containment.kill()
+        self._wait_for_exit(escalation_delay)
+
+    def _wait_for_exit(self, delay: float) -> int | None:
+        end = time.monotonic() + delay
+        while (now := time.monotonic()) < end:
+            code = self._service_subprocess(max_wait_time=end - now, raise_on_timeout=False)
+            if code is not None:
+                return code
+        return self._exit_code
+
+
+@attrs.define(kw_only=True)
+class WinexecCoordinator(SubprocessCoordinator):
+    """Runs the Python task runner (:mod:`winexec.agent.runner`) fork-free."""
+
+    python: str = attrs.field(factory=lambda: sys.executable)
+    task_startup_timeout: float = 60.0
+
+    def _build_execute_task_command(self, *, what: TaskInstance) -> tuple[list[str], str | None]:
+        # Same Task SDK on both ends of the socket: no schema migration.
+        return [self.python, "-m", "winexec.agent.runner"], None
+
+    def execute_task(  # type: ignore[override]
+        self,
+        *,
+        what: TaskInstance,
+        dag_rel_path: str | os.PathLike[str],
+        bundle_info: BundleInfo,
+        client: Client,
+        logger: FilteringBoundLogger | None = None,
+        sentry_integration: str = "",
+        subprocess_logs_to_stdout: bool,
+        **kwargs: Any,
+    ) -> BaseCoordinator.ExecutionResult:
+        command, schema = self._build_execute_task_command(what=what)
+        process = WinexecActivitySubprocess.start(
+            what=what,
+            dag_rel_path=dag_rel_path,
+            bundle_info=bundle_info,
+            client=client,
+            logger=logger,
+            subprocess_logs_to_stdout=subprocess_logs_to_stdout,
+            sentry_integration=sentry_integration,
+            command=command,
+            subprocess_schema_version=schema,
+            startup_timeout=self.task_startup_timeout,
+        )
+        if _listener is not None:
+            _listener.on_started(process)
+        try:
+            exit_code = process.wait()
+        finally:
+            process.containment.kill()  # nothing the task started outlives it
+            process.containment.close()
+        return self.ExecutionResult(exit_code, process.final_state)

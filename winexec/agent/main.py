@@ -1,0 +1,452 @@
+"""``python -m winexec.agent``: run one task instance, speaking :mod:`winexec.protocol`.
+
+Modes::
+
+    python -m winexec.agent                  # first stdin line: Start; later: Keepalive / Stop
+    python -m winexec.agent --self-check     # one JSON line about this host
+    python -m winexec.agent --status RUN_ID  # one JSON line: the run's marker and liveness
+    python -m winexec.agent --stop RUN_ID [--wait S]  # stop that run (its agent reports "stopped")
+
+In run mode stdout carries protocol lines only (``started``, ``heartbeat``, ``log``, and always a
+final ``exit``); everything else goes to ``<spool>/<ti>.try<N>.log``. The token arrives on stdin
+and lives only in this process's memory: never on a command line, in the environment, or a log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Protocol
+
+from winexec.protocol import (
+    Exit,
+    ExitState,
+    Heartbeat,
+    Keepalive,
+    ProtocolError,
+    Start,
+    Started,
+    Stop,
+    parse_line,
+)
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from winexec.agent.containment import Containment
+    from winexec.agent.coordinator import WinexecActivitySubprocess
+    from winexec.agent.events import EventSink
+    from winexec.agent.spool import Marker
+
+#: Final TI states after which the run counts as a success of the task process.
+_OK_TI_STATES = {"success", "skipped", "deferred", "up_for_reschedule", "awaiting_input"}
+_TICK = 0.1
+
+
+class _Lines(Protocol):
+    def readline(self) -> bytes: ...
+
+
+class AgentRun:
+    """One launch: the Start message, the supervised task, and the watchdog around it."""
+
+    def __init__(self, start: Start, sink: EventSink, stdin: _Lines) -> None:
+        self.start = start
+        self.sink = sink
+        self.stdin = stdin
+        self.token: str = str(start.workload.get("token") or "")
+        self.marker: Marker | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.containment: Containment | None = None
+        self.process: WinexecActivitySubprocess | None = None
+        self.started_at: float | None = None
+        self.last_keepalive = time.monotonic()
+        self.stop_state: ExitState | None = None
+        self.stop_reason = ""
+        self._terminated_at: float | None = None
+        self._killed = False
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+
+    # -- helpers --------------------------------------------------------------------------
+    def scrub(self, text: str) -> str:
+        """Never let the token out, whatever an exception message quotes."""
+        return text.replace(self.token, "***") if self.token else text
+
+    def log(self, line: str, level: str = "info") -> None:
+        self.sink.log(self.scrub(line), level)
+
+    def exit(self, state: ExitState, code: int | None, reason: str, **extra: Any) -> int:
+        self.sink.emit(
+            Exit(run_id=self.start.run_id, state=state, code=code, reason=self.scrub(reason), **extra)
+        )
+        self.sink.close()  # the exit line is always the last one
+        return 0 if state == "success" else 1
+
+    def request_stop(self, state: ExitState, reason: str) -> None:
+        with self._lock:
+            if self.stop_state is None:
+                self.stop_state, self.stop_reason = state, reason
+                self.log(f"stopping task: {reason}", "warning")
+
+    # -- coordinator listener -------------------------------------------------------------
+    def on_launch(self, proc: subprocess.Popen[bytes], containment: Containment) -> None:
+        self.proc, self.containment = proc, containment
+        if self.stop_state is not None:
+            raise RuntimeError(f"not starting the task: {self.stop_reason}")
+
+    def on_started(self, process: WinexecActivitySubprocess) -> None:
+        from winexec.agent.hostinfo import delegated_tgt, host_name, user_name
+
+        self.process = process
+        self.started_at = time.monotonic()  # execution_timeout runs from here, as in Airflow
+        delegated, _ = delegated_tgt()
+        self.sink.emit(
+            Started(
+                run_id=self.start.run_id,
+                pid=process.pid,
+                host=host_name(),
+                user=user_name(),
+                delegated=delegated,
+            )
+        )
+        if self.marker:
+            with contextlib.suppress(OSError):
+                self.marker.update(task_pid=process.pid, state="running")
+
+    # -- threads --------------------------------------------------------------------------
+    def _read_stdin(self) -> None:
+        """Keepalive/Stop lines; EOF alone never stops the task (WinRM may close input)."""
+        while True:
+            try:
+                line = self.stdin.readline()
+            except (OSError, ValueError):
+                return
+            if not line:
+                return
+            if not line.strip():
+                continue
+            try:
+                msg = parse_line(line)
+            except ProtocolError:
+                self.log("ignored a stdin line that is not a protocol message", "warning")
+                continue
+            self.last_keepalive = time.monotonic()
+            if isinstance(msg, Stop):
+                self.request_stop("stopped", msg.reason or "stop requested by the executor")
+            elif not isinstance(msg, Keepalive):
+                self.log(f"ignored unexpected {msg.type!r} message", "warning")
+
+    def _watch(self) -> None:
+        s = self.start
+        next_heartbeat = time.monotonic()
+        next_poll = 0.0
+        while not self._done.is_set():
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                self.sink.emit(Heartbeat(run_id=s.run_id))
+                next_heartbeat = now + max(s.heartbeat_interval, 0.1)
+            if s.keepalive_timeout > 0 and now - self.last_keepalive > s.keepalive_timeout:
+                self.request_stop("orphaned", f"no keepalive from the executor for {s.keepalive_timeout:g} s")
+            if s.execution_timeout is not None and self.started_at is not None:
+                if now - self.started_at > s.execution_timeout:
+                    self.request_stop("timeout", f"execution_timeout of {s.execution_timeout:g} s exceeded")
+            if now >= next_poll:
+                next_poll = now + 0.5
+                if self.marker and (why := self.marker.stop_requested()):
+                    self.request_stop("stopped", why)
+                if self.containment is not None and self.stop_state is None:
+                    self.containment.snapshot()  # remember descendants that may be re-parented
+            if self.stop_state is not None and self.containment is not None:
+                if self._terminated_at is None:
+                    self._terminated_at = now
+                    self.containment.terminate()
+                elif not self._killed and now - self._terminated_at >= s.grace:
+                    self._killed = True
+                    self.log(f"task did not stop within {s.grace:g} s grace; killing its process tree")
+                    self.containment.kill()
+            self._done.wait(_TICK)
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self) -> int:
+        from airflow.sdk.api.datamodels._generated import BundleInfo, TaskInstance
+        from pydantic import ValidationError
+
+        wl = self.start.workload
+        try:
+            ti = TaskInstance.model_validate(wl["ti"])
+            bundle_info = BundleInfo.model_validate(wl["bundle_info"])
+            dag_rel_path = str(wl["dag_rel_path"])
+            log_path = wl.get("log_path")
+        except ValidationError as e:
+            where = ", ".join(".".join(map(str, err["loc"])) for err in e.errors())
+            return self.exit("error", None, f"invalid workload (fields: {where})")
+        except (KeyError, TypeError) as e:
+            return self.exit("error", None, f"invalid workload: missing {e}")
+
+        from winexec.agent import spool
+
+        try:
+            self.marker, fresh = spool.claim(str(ti.id), ti.try_number, self.start.run_id)
+        except OSError as e:
+            return self.exit("error", None, f"cannot create run marker: {e}")
+        if not fresh:
+            other = self.marker.data
+            self.marker = None  # not ours: never touch it
+            return self.exit(
+                "duplicate",
+                None,
+                f"try {ti.try_number} of task instance {ti.id} was already started on this host "
+                f"by run {other.get('run_id')!r} (state {other.get('state')!r})",
+            )
+        marker = self.marker
+        with contextlib.suppress(Exception):
+            import psutil
+
+            marker.update(agent_create_time=psutil.Process().create_time())
+
+        from winexec.agent.events import redirect_stdout
+
+        redirect_stdout(marker.log_path)
+        _configure_agent_logging(marker.log_path, self)
+
+        from airflow.sdk.configuration import conf
+        from airflow.sdk.execution_time.coordinator import reset_coordinator_manager
+        from airflow.sdk.execution_time.supervisor import supervise_task
+
+        from winexec.agent import coordinator
+
+        os.environ.update(coordinator.coordinator_config(ti.queue or "default"))
+        reset_coordinator_manager()
+        coordinator.set_listener(self)
+        server = self.start.server or conf.get("core", "execution_api_server_url", fallback=None)
+
+        threading.Thread(target=self._read_stdin, name="winexec-stdin", daemon=True).start()
+        watchdog = threading.Thread(target=self._watch, name="winexec-watchdog", daemon=True)
+        watchdog.start()
+
+        code: int | None = None
+        error: BaseException | None = None
+        try:
+            code = supervise_task(
+                ti=ti,
+                bundle_info=bundle_info,  # type: ignore[arg-type]  # duck-typed, as in BaseExecutor
+                dag_rel_path=dag_rel_path,
+                token=self.token,
+                server=server,
+                log_path=log_path,
+                sentry_integration=str(wl.get("sentry_integration") or ""),
+            )
+        except Exception as e:
+            error = e
+            import traceback
+
+            traceback.print_exc(file=sys.stdout)  # fd 1 is the run's diagnostics file by now
+        finally:
+            self._done.set()
+            watchdog.join(timeout=5)
+            coordinator.set_listener(None)
+            if self.containment is not None:
+                self.containment.kill()
+
+        return self._finish(ti, server, code, error)
+
+    def _finish(self, ti: Any, server: str | None, code: int | None, error: BaseException | None) -> int:
+        process = self.process
+        ti_state: str | None = None
+        if process is not None and process._exit_code is not None:
+            code = process._exit_code
+            with contextlib.suppress(Exception):
+                ti_state = str(getattr(process.final_state, "value", process.final_state))
+        if error is not None and process is not None and ti_state not in _OK_TI_STATES:
+            # The supervisor died between start and delivering the outcome: tell Airflow ourselves
+            # (a 409 because it did get there after all is harmless).
+            ti_state = self._report_failed(ti, server, process) or ti_state
+        if error is not None:
+            self.log(f"supervisor error: {type(error).__name__}: {error}", "error")
+
+        state: ExitState
+        if self.stop_state is not None and not (code == 0 and ti_state == "success"):
+            state, reason = self.stop_state, self.stop_reason
+        elif error is not None:
+            state, reason = "error", f"{type(error).__name__}: {error}"
+        elif ti_state in _OK_TI_STATES and code == 0:
+            state, reason = "success", f"task instance {ti_state}"
+        else:
+            state, reason = "failed", f"task instance {ti_state}, exit code {code}"
+        if self.marker:
+            with contextlib.suppress(OSError):
+                self.marker.update(state=state, exit_code=code, ti_state=ti_state, finished=time.time())
+        return self.exit(state, code, reason, ti_state=ti_state)
+
+    def _report_failed(self, ti: Any, server: str | None, process: WinexecActivitySubprocess) -> str | None:
+        from airflow.sdk.api.client import Client
+
+        state = "up_for_retry" if getattr(process, "_should_retry", False) else "failed"
+        try:
+            client = Client(base_url=server or "", token=self.token)
+            try:
+                client.task_instances.finish(
+                    id=ti.id, state=state, when=datetime.now(tz=timezone.utc), rendered_map_index=None
+                )
+            finally:
+                client.close()
+            return state
+        except Exception as e:
+            self.log(f"could not report the task as {state}: {type(e).__name__}: {e}", "error")
+            return None
+
+
+_FORWARDED_LEVELS = {"warning", "warn", "error", "critical", "exception", "fatal"}
+_FORWARDED_KEYS = ("detail", "status_code", "failed_heartbeats", "exit_code", "pid", "error")
+
+
+def _configure_agent_logging(path: Any, run: AgentRun) -> None:
+    """SDK/supervisor logging goes to the run's diagnostics file, never to stdout.
+
+    Warnings and errors of the supervisor (failed API heartbeats, "server says stop", kills) are
+    also sent to the executor as ``log`` events, so it can tell why a task ended without
+    fetching the host's files.
+    """
+    import structlog
+    from airflow.sdk.log import configure_logging
+
+    out = open(path, "ab")  # process lifetime
+    configure_logging(json_output=True, output=out)
+
+    def forward(logger: Any, method_name: str, event_dict: Any) -> Any:
+        if method_name in _FORWARDED_LEVELS:
+            with contextlib.suppress(Exception):
+                extra = " ".join(f"{k}={event_dict[k]!r}" for k in _FORWARDED_KEYS if k in event_dict)
+                text = f"{event_dict.get('logger', 'supervisor')}: {event_dict.get('event', '')} {extra}"
+                run.log(text.strip()[:2000], "error" if method_name != "warning" else "warning")
+        return event_dict
+
+    cfg = structlog.get_config()
+    structlog.configure(processors=[forward, *cfg["processors"]])
+
+
+def _run(sink: EventSink, stdin: _Lines) -> int:
+    line = stdin.readline()
+    try:
+        msg = parse_line(line)
+    except ProtocolError as e:
+        # Never echo the line: it may hold the token.
+        sink.emit(
+            Exit(
+                run_id="",
+                state="error",
+                reason=f"first stdin line is no protocol message ({type(e).__name__})",
+            )
+        )
+        return 2
+    if not isinstance(msg, Start):
+        sink.emit(
+            Exit(run_id="", state="error", reason=f"first stdin line must be 'start', got {msg.type!r}")
+        )
+        return 2
+    run = AgentRun(msg, sink, stdin)
+    try:
+        return run.run()
+    except Exception as e:  # last resort: the executor must always get an exit line
+        return run.exit("error", None, f"agent error: {type(e).__name__}: {e}")
+
+
+def _alive(pid: Any, create_time: Any = None) -> bool:
+    if not pid:
+        return False
+    try:
+        import psutil
+
+        p = psutil.Process(int(pid))
+        if create_time is not None and abs(p.create_time() - float(create_time)) > 1:
+            return False
+        return p.status() != psutil.STATUS_ZOMBIE
+    except Exception:
+        return False
+
+
+def _status(run_id: str) -> dict[str, Any]:
+    from winexec.agent import spool
+
+    m = spool.find(run_id)
+    if m is None:
+        return {"run_id": run_id, "found": False}
+    d = m.data
+    return {
+        **d,
+        "found": True,
+        "agent_alive": _alive(d.get("agent_pid"), d.get("agent_create_time")),
+        "task_alive": _alive(d.get("task_pid")),
+    }
+
+
+def _stop(run_id: str, wait: float) -> dict[str, Any]:
+    """Ask the run's agent to stop (it reports ``stopped``); kill leftovers if it is gone."""
+    from winexec.agent import spool
+
+    m = spool.find(run_id)
+    if m is None:
+        return {"run_id": run_id, "found": False, "stopped": False}
+    if m.data.get("finished"):
+        return {**_status(run_id), "stopped": True}
+    m.request_stop("stop requested via --stop")
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        st = _status(run_id)
+        if st.get("finished") or not st["agent_alive"]:
+            break
+        time.sleep(0.2)
+    st = _status(run_id)
+    if st["task_alive"] and not st["agent_alive"]:
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(int(st["task_pid"]))
+            procs = [root, *root.children(recursive=True)]
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            psutil.wait_procs(procs, timeout=5)
+        st = _status(run_id)
+    done = bool(st.get("finished")) and not st["task_alive"]
+    return {**st, "stopped": done or not (st["task_alive"] or st["agent_alive"])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m winexec.agent", description=__doc__.split("\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--self-check", action="store_true", help="print one JSON line about this host")
+    mode.add_argument("--status", metavar="RUN_ID", help="print the state of a run on this host")
+    mode.add_argument("--stop", metavar="RUN_ID", help="stop a run on this host")
+    parser.add_argument("--wait", type=float, default=30.0, help="seconds --stop waits for the run to end")
+    args = parser.parse_args(argv)
+
+    if args.self_check or args.status or args.stop:
+        if args.self_check:
+            from winexec.agent.hostinfo import self_check
+
+            out = self_check()
+        elif args.status:
+            out = _status(args.status)
+        else:
+            out = _stop(args.stop, args.wait)
+        sys.stdout.write(json.dumps(out, ensure_ascii=True, sort_keys=True, default=str) + "\n")
+        sys.stdout.flush()
+        return 0
+
+    from winexec.agent.events import capture_stdout
+
+    sink = capture_stdout()
+    from winexec.agent import compat
+
+    compat.install()
+    from winexec.agent.events import LineReader
+
+    return _run(sink, LineReader(sys.stdin.fileno()))

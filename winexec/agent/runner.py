@@ -1,0 +1,89 @@
+"""The task process: ``python -m winexec.agent.runner --comm HOST:PORT --logs HOST:PORT``.
+
+Does for a ``Popen`` child what the SDK's ``_fork_main`` does for a forked one -- structured logs
+over the ``--logs`` socket, then ``task_runner.main()`` -- except that the supervisor channel is
+the ``--comm`` TCP socket: ``task_runner.main`` builds its ``CommsDecoder`` on
+``socket(fileno=0)``, and on Windows fd 0 is never a socket, so the decoder class it uses is
+swapped for one bound to the connected socket. stdout/stderr are already pipes to the agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import os
+import socket
+import sys
+from typing import Any, NoReturn
+
+
+def _address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _bind_comms(sock: socket.socket) -> None:
+    """Make ``task_runner.main``'s ``CommsDecoder[...]()`` use ``sock`` instead of fd 0."""
+    import functools
+
+    from airflow.sdk.execution_time import comms, task_runner
+
+    class _BoundDecoder:
+        def __class_getitem__(cls, item: Any) -> Any:
+            return functools.partial(comms.CommsDecoder[item], socket=sock)  # type: ignore[misc]
+
+    task_runner.CommsDecoder = _BoundDecoder  # type: ignore[misc,assignment]
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    parser = argparse.ArgumentParser(prog="python -m winexec.agent.runner")
+    parser.add_argument("--comm", required=True, type=_address)
+    parser.add_argument("--logs", required=True, type=_address)
+    args = parser.parse_args(argv)
+
+    # Connect first: the supervisor gives up if we are slow, and imports take a while.
+    comm = socket.create_connection(args.comm)
+    logs = socket.create_connection(args.logs)
+
+    from winexec.agent import compat
+
+    compat.install_runner()
+
+    from airflow.sdk.execution_time.supervisor import block_orm_access
+    from airflow.sdk.log import configure_logging, reset_logging
+
+    log_io = logs.makefile("wb", buffering=0)
+    reset_logging()
+    configure_logging(json_output=True, output=log_io, sending_to_supervisor=True)
+    _bind_comms(comm)
+
+    code = 0
+    try:
+        block_orm_access()
+        from airflow.sdk.execution_time.task_runner import main as task_main
+
+        task_main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (1 if e.code else 0)
+        if e.code and not isinstance(e.code, int):
+            print(e.code, file=sys.stderr)
+    except BaseException:
+        import traceback
+
+        print("--- winexec runner: last chance exception handler ---", file=sys.stderr)
+        traceback.print_exc()
+        code = 126
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    for s in (comm, logs):
+        with contextlib.suppress(OSError):
+            s.close()
+    os._exit(code)  # like _fork_main: task threads must not keep the process alive
+
+
+if __name__ == "__main__":
+    main()

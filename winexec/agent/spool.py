@@ -1,0 +1,119 @@
+"""Per-host run markers: refuse a second start of the same try, and let a later agent find a run.
+
+One JSON file per (task instance id, try number), created with ``O_EXCL`` so exactly one agent
+wins even if the executor launches twice (retry after a lost reply, failover). It records the
+launch's ``run_id``, the agent's pid, the task's pid and the outcome, which is what
+``--status``/``--stop`` need. A stop request is a sibling ``.stop`` file the running agent polls,
+so stopping works across users and platforms without signals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Markers older than this are removed opportunistically; a try is never restarted that late.
+MAX_AGE_SECONDS = 14 * 24 * 3600
+
+
+def spool_dir() -> Path:
+    """``$WINEXEC_SPOOL``, else ``%ProgramData%\\winexec\\runs`` (Windows) or ``<tmp>/winexec-runs``."""
+    if env := os.environ.get("WINEXEC_SPOOL"):
+        base = Path(env)
+    elif sys.platform == "win32":  # pragma: no cover
+        base = Path(os.environ.get("ProgramData", r"C:\ProgramData")) / "winexec" / "runs"
+    else:
+        base = Path(tempfile.gettempdir()) / "winexec-runs"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+@dataclass
+class Marker:
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def stop_path(self) -> Path:
+        return self.path.with_suffix(".stop")
+
+    @property
+    def log_path(self) -> Path:
+        return self.path.with_suffix(".log")
+
+    def update(self, **fields: Any) -> None:
+        """Merge ``fields`` and rewrite atomically (readers never see a half-written file)."""
+        self.data.update(fields)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.data, sort_keys=True))
+        os.replace(tmp, self.path)
+
+    def stop_requested(self) -> str | None:
+        try:
+            return self.stop_path.read_text() or "stop requested"
+        except OSError:
+            return None
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_path.write_text(reason)
+
+
+def _key(ti_id: str, try_number: int) -> str:
+    safe = "".join(c for c in ti_id if c.isalnum() or c == "-")
+    return f"{safe}.try{int(try_number)}"
+
+
+def claim(ti_id: str, try_number: int, run_id: str, base: Path | None = None) -> tuple[Marker, bool]:
+    """Create the marker for this try; return ``(marker, True)`` or ``(existing, False)``."""
+    base = base or spool_dir()
+    _cleanup(base)
+    path = base / f"{_key(ti_id, try_number)}.json"
+    data = {
+        "run_id": run_id,
+        "ti_id": ti_id,
+        "try_number": try_number,
+        "agent_pid": os.getpid(),
+        "task_pid": None,
+        "started": time.time(),
+        "state": "starting",
+    }
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return Marker(path, _read(path)), False
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, sort_keys=True)
+    return Marker(path, data), True
+
+
+def _read(path: Path) -> dict[str, Any]:
+    for _ in range(20):  # the winner may be between O_EXCL and its first write
+        with contextlib.suppress(OSError, ValueError):
+            return dict(json.loads(path.read_text()))
+        time.sleep(0.05)
+    return {}
+
+
+def find(run_id: str, base: Path | None = None) -> Marker | None:
+    """The marker of the launch named ``run_id``, if this host has one."""
+    base = base or spool_dir()
+    for path in base.glob("*.json"):
+        data = _read(path)
+        if data.get("run_id") == run_id:
+            return Marker(path, data)
+    return None
+
+
+def _cleanup(base: Path) -> None:
+    cutoff = time.time() - MAX_AGE_SECONDS
+    for path in base.iterdir():
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()

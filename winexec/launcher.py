@@ -1,0 +1,489 @@
+"""One task's PSRP session: open a shell as the task's principal, start the agent, stream, stop.
+
+Transport only: nothing here knows Airflow. Every method does network I/O and is called from the
+executor's I/O worker threads, never from the scheduler loop; one session is used by one worker
+at a time (the executor guarantees it), so a session needs no lock.
+
+The workload, token included, reaches the agent only as PSRP pipeline input (the agent's
+stdin): the command is the fixed ``<python> -m winexec.agent``, so no task field is ever part of
+a command line or a script. pypsrp's ``begin_invoke`` sends ``EndOfPipelineInput`` after the
+last item of its input generator, which would close the agent's stdin; a generator that yields
+the start line and then ``None`` makes it send the line and stop without that marker, and later
+lines (keepalive, stop) go out as further ``PipelineInput`` messages through pypsrp's own
+fragmenter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from winexec import protocol
+from winexec.config import HostSpec, Settings
+
+log = logging.getLogger(__name__)
+
+# pypsrp logs whole PSRP/WS-Man messages at DEBUG, and the first pipeline input carries the
+# task's token. Keep those loggers above DEBUG whatever the scheduler's log level is.
+for _name in ("pypsrp.messages", "pypsrp.wsman", "pypsrp.serializer", "pypsrp.shell"):
+    logging.getLogger(_name).setLevel(logging.INFO)
+
+#: WS-Man faults meaning "this host is at a WinRM quota": try another host, not a task failure.
+QUOTA_FAULT_CODES = frozenset(range(0x803381A4, 0x803381B3))
+OPERATION_TIMEOUT_CODE = 0x80338029
+
+FailureKind = Literal["unreachable", "full", "auth", "python_missing", "ticket", "agent", "protocol"]
+
+
+class LaunchError(Exception):
+    """Why a task could not be started or kept running on a host.
+
+    ``transient``: another attempt may succeed. ``host_fault``: the host is to blame (count it
+    against the host's circuit and retry elsewhere). ``kind`` names the class of failure.
+    """
+
+    kind: FailureKind = "agent"
+    transient: bool = False
+    host_fault: bool = False
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class HostUnreachable(LaunchError):
+    kind = "unreachable"
+    transient = True
+    host_fault = True
+
+
+class HostFull(LaunchError):
+    kind = "full"
+    transient = True
+    host_fault = False
+
+
+class AuthDenied(LaunchError):
+    kind = "auth"
+
+
+class PythonMissing(LaunchError):
+    kind = "python_missing"
+
+
+class TicketFailure(LaunchError):
+    kind = "ticket"
+
+    def __init__(self, reason: str, transient: bool) -> None:
+        super().__init__(reason)
+        self.transient = transient
+
+
+class AgentFailure(LaunchError):
+    kind = "agent"
+
+
+class CredentialStore(Protocol):
+    """What the launcher needs from ``winexec.tickets``: a fresh credential per principal."""
+
+    def get(self, principal: str, min_lifetime: float | None = None) -> Any: ...
+
+
+def spnego_credential(cred: Any) -> Any:
+    """The ``spnego`` credential object inside whatever the ticket store returned."""
+    import spnego
+
+    if isinstance(cred, spnego.KerberosCCache):
+        return cred
+    value = getattr(cred, "spnego", None)  # winexec.tickets.Credential
+    if isinstance(value, spnego.KerberosCCache):
+        return value
+    ccache = getattr(cred, "ccache", None)
+    if isinstance(ccache, str):
+        return spnego.KerberosCCache(ccache=ccache, principal=getattr(cred, "principal", None))
+    raise TypeError(f"cannot use {type(cred).__name__} as a Kerberos credential")
+
+
+@dataclass
+class PollResult:
+    """What one poll brought back."""
+
+    messages: list[protocol.Message] = field(default_factory=list)
+    #: stdout lines that are not protocol messages (logged by the executor, never parsed further)
+    foreign: list[str] = field(default_factory=list)
+    #: error-stream records (stderr of the agent, PowerShell errors)
+    errors: list[str] = field(default_factory=list)
+    #: the pipeline ended (completed, failed or stopped); no more output will come
+    finished: bool = False
+    #: the pipeline failed (PowerShell could not run the command, or it was stopped)
+    failed: bool = False
+
+
+def classify(exc: BaseException, host: HostSpec, principal: str) -> LaunchError:
+    """Map an exception from pypsrp/requests/spnego/tickets onto a :class:`LaunchError`."""
+    if isinstance(exc, LaunchError):
+        return exc
+    import requests
+    from pypsrp.exceptions import AuthenticationError, WinRMTransportError, WSManFaultError
+
+    where = f"{host.name} ({host.connect_address}:{host.port})"
+    text = str(exc)
+    ticket_error = _ticket_error(exc)
+    if ticket_error is not None:
+        return ticket_error
+    if isinstance(exc, requests.exceptions.SSLError):
+        return HostUnreachable(
+            f"TLS to {where} failed: {text}; check [winexec] cert_validation (a CA bundle path) "
+            "and that the host's certificate names the host"
+        )
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, OSError)):
+        return HostUnreachable(f"cannot reach WinRM on {where}: {type(exc).__name__}: {text[:300]}")
+    if isinstance(exc, AuthenticationError) or (isinstance(exc, WinRMTransportError) and exc.code == 401):
+        return AuthDenied(
+            f"{where} refused {principal} (HTTP 401): check that {principal} may use WinRM on the "
+            f"host (Remote Management Users), that the SPN HTTP/{host.name} is registered, and "
+            "that the principal's keytab is current"
+        )
+    if isinstance(exc, WSManFaultError):
+        code = exc.code if isinstance(exc.code, int) else -1
+        if code in QUOTA_FAULT_CODES or "quota" in text.lower():
+            return HostFull(f"{where} is at a WinRM quota: {exc.reason}")
+        return HostUnreachable(f"WS-Management fault from {where}: {exc.reason or text}")
+    if isinstance(exc, WinRMTransportError):
+        return HostUnreachable(f"bad HTTP response from {where}: {exc.code}")
+    spnego_error = _spnego_error(exc, host, principal)
+    if spnego_error is not None:
+        return spnego_error
+    return AgentFailure(f"unexpected error talking to {where}: {type(exc).__name__}: {text[:300]}")
+
+
+def _ticket_error(exc: BaseException) -> LaunchError | None:
+    try:
+        from winexec import tickets
+    except ImportError:  # pragma: no cover - tickets.py lands separately
+        return None
+    base = getattr(tickets, "TicketError", None)
+    if base is None or not isinstance(exc, base):
+        return None
+    is_transient = getattr(tickets, "is_transient", None)
+    transient = bool(is_transient(exc)) if callable(is_transient) else False
+    return TicketFailure(f"no Kerberos ticket: {exc}", transient=transient)
+
+
+def _spnego_error(exc: BaseException, host: HostSpec, principal: str) -> LaunchError | None:
+    try:
+        import spnego.exceptions
+    except ImportError:  # pragma: no cover
+        return None
+    if not isinstance(exc, spnego.exceptions.SpnegoError):
+        return None
+    text = str(exc)
+    low = text.lower()
+    if "cannot contact any kdc" in low or "cannot find kdc" in low or ("kdc" in low and "reach" in low):
+        return TicketFailure(f"Kerberos: {text}", transient=True)
+    if "not found in kerberos database" in low and "server" in low:
+        # the SPN of this host is missing: another host may be fine
+        err = HostUnreachable(f"Kerberos has no service principal HTTP/{host.name}: register the SPN")
+        return err
+    return AuthDenied(f"Kerberos authentication of {principal} to {host.name} failed: {text[:300]}")
+
+
+class TaskSession:
+    """The PSRP session that runs one agent: ``open`` → ``poll``/``send`` … → ``stop``/``close``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        host: HostSpec,
+        principal: str,
+        delegate: bool,
+        credential: Any,
+    ) -> None:
+        self.settings = settings
+        self.host = host
+        self.principal = principal
+        self.delegate = delegate
+        self._credential = credential
+        self._pool: Any = None
+        self._ps: Any = None
+        self.opened_at: float | None = None
+        self.closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _wsman(self) -> Any:
+        from pypsrp.wsman import WSMan
+
+        s, h = self.settings, self.host
+        return WSMan(
+            h.connect_address,
+            port=h.port,
+            ssl=h.ssl,
+            path="wsman",
+            auth="kerberos",
+            username=spnego_credential(self._credential),
+            negotiate_hostname_override=h.name,
+            negotiate_delegate=self.delegate,
+            negotiate_service="HTTP",
+            encryption=s.encryption_for(h),
+            cert_validation=s.cert_validation,  # type: ignore[arg-type]  # a CA path is allowed
+            connection_timeout=s.connect_timeout,
+            operation_timeout=s.operation_timeout,
+            read_timeout=s.read_timeout,
+            reconnection_retries=0,
+        )
+
+    def open(self, start: protocol.Start) -> None:
+        """Open the shell as the principal and start the agent with ``start`` as its first stdin line.
+
+        The shell's id is the run id, so a later scheduler can find this run's shell again
+        (:func:`reattach`) from the task's external executor id alone.
+        """
+        from pypsrp.powershell import PowerShell, RunspacePool
+
+        s, h = self.settings, self.host
+        try:
+            self._pool = pool = RunspacePool(self._wsman())
+            shell_id = shell_id_for(start.run_id)
+            if shell_id:
+                pool.id = pool.shell.id = shell_id
+            pool.open()
+            ps = PowerShell(self._pool)
+            ps.add_cmdlet(s.python).add_argument("-m").add_argument("winexec.agent")
+            self._ps = ps
+            ps.begin_invoke(input=_first_line_only(start.to_line().rstrip("\n")))
+            self.opened_at = time.monotonic()
+        except Exception as e:
+            self._abandon()
+            raise classify(e, h, self.principal) from e
+
+    def send(self, msg: protocol.Message) -> None:
+        """Write one protocol line to the agent's stdin (keepalive, stop)."""
+        from pypsrp.messages import PipelineInput
+
+        pool, ps = self._pool, self._ps
+        if pool is None or ps is None:
+            return
+        try:
+            frags = pool._fragmenter.fragment_multiple(
+                [PipelineInput(data=msg.to_line().rstrip("\n"))], pool.id, ps.id
+            )
+            for frag in frags:
+                pool.shell.send("stdin", frag, command_id=ps._command_id)
+        except Exception as e:
+            raise classify(e, self.host, self.principal) from e
+
+    def poll(self, timeout: int) -> PollResult:
+        """One WS-Man Receive (waits up to ``timeout`` s on the host when there is no output)."""
+        from pypsrp.complex_objects import PSInvocationState
+
+        ps = self._ps
+        result = PollResult()
+        if ps is None:
+            result.finished = True
+            return result
+        try:
+            if ps.state == PSInvocationState.RUNNING:
+                ps.poll_invoke(timeout=timeout)
+        except Exception as e:
+            raise classify(e, self.host, self.principal) from e
+        self._drain(result)
+        if ps.state != PSInvocationState.RUNNING:
+            result.finished = True
+            result.failed = ps.state in (PSInvocationState.FAILED, PSInvocationState.STOPPED)
+        return result
+
+    def _drain(self, result: PollResult) -> None:
+        ps = self._ps
+        out, ps.output[:] = list(ps.output), []
+        for item in out:
+            for line in _lines(item):
+                try:
+                    result.messages.append(protocol.parse_line(line))
+                except protocol.ProtocolError:
+                    result.foreign.append(line)
+        errors, ps.streams.error[:] = list(ps.streams.error), []
+        for rec in errors:
+            result.errors.append(_error_text(rec))
+
+    def stop(self, reason: str, wait: float = 5.0) -> PollResult:
+        """Ask the agent to stop (it kills the task's tree and reports), then tear the pipeline down.
+
+        Collects what the agent said while stopping, up to ``wait`` seconds, so its ``exit``
+        line is not lost. Never raises: a host that is gone is as stopped as it gets.
+        """
+        from pypsrp.complex_objects import PSInvocationState
+
+        collected = PollResult()
+        ps = self._ps
+        if ps is not None and ps.state == PSInvocationState.RUNNING:
+            try:
+                self.send(protocol.Stop(reason=reason))
+                deadline = time.monotonic() + wait
+                while time.monotonic() < deadline:
+                    r = self.poll(timeout=1)
+                    collected.messages += r.messages
+                    collected.foreign += r.foreign
+                    collected.errors += r.errors
+                    if r.finished or any(isinstance(m, protocol.Exit) for m in r.messages):
+                        break
+            except Exception as e:
+                log.info("stopping on %s: %s", self.host.name, e)
+        self.close()
+        return collected
+
+    def close(self) -> None:
+        """Stop the pipeline if still running and delete the shell. Never raises."""
+        if self.closed:
+            return
+        self.closed = True
+        from pypsrp.complex_objects import PSInvocationState
+
+        ps, pool = self._ps, self._pool
+        if ps is not None and ps.state == PSInvocationState.RUNNING:
+            try:
+                ps.stop()
+            except Exception as e:
+                log.debug("pipeline stop on %s: %s", self.host.name, e)
+        if pool is not None:
+            try:
+                pool.close()
+            except Exception as e:
+                log.debug("closing shell on %s: %s", self.host.name, e)
+        self._ps = None
+        self._pool = None
+
+    def disconnect(self) -> bool:
+        """Detach from the shell but leave it and the agent running, for a later :func:`reattach`.
+
+        Returns whether the host acknowledged; never raises.
+        """
+        if self.closed or self._pool is None:
+            return False
+        self.closed = True
+        try:
+            self._pool.disconnect()
+            return True
+        except Exception as e:
+            log.info("disconnecting from %s: %s", self.host.name, e)
+            return False
+        finally:
+            self._ps = None
+            self._pool = None
+
+    def reattach(self, run_id: str) -> None:
+        """Connect to the disconnected shell of ``run_id`` and resume its agent's pipeline."""
+        from pypsrp.powershell import RunspacePool
+
+        wanted = shell_id_for(run_id)
+        try:
+            pools = RunspacePool.get_runspace_pools(self._wsman())
+            pool = next((p for p in pools if wanted and str(p.id).upper() == wanted), None)
+            if pool is None:
+                raise AgentFailure(
+                    f"no shell of run {run_id} on {self.host.name} (it ended or was never there)"
+                )
+            pool.connect()
+            pipelines = pool.create_disconnected_power_shells()
+            if not pipelines:
+                self._pool = pool
+                raise AgentFailure(f"the shell of run {run_id} on {self.host.name} runs no agent any more")
+            ps = pipelines[0]
+            ps.connect_async()
+            self._pool, self._ps = pool, ps
+            self.opened_at = time.monotonic()
+        except Exception as e:
+            self._abandon()
+            raise classify(e, self.host, self.principal) from e
+
+    def _abandon(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def shell_id_for(run_id: str) -> str | None:
+    """The WinRM ShellId (a GUID) a run's shell gets: the run id, when it is a 32-hex uuid."""
+    import uuid
+
+    try:
+        return str(uuid.UUID(hex=run_id)).upper()
+    except ValueError:
+        return None
+
+
+def reattach_session(
+    settings: Settings,
+    host: HostSpec,
+    principal: str,
+    delegate: bool,
+    tickets: CredentialStore,
+    run_id: str,
+) -> TaskSession:
+    """A session on the still-running agent of ``run_id`` (left by :meth:`TaskSession.disconnect`)."""
+    try:
+        cred = tickets.get(principal)
+    except Exception as e:
+        raise classify(e, host, principal) from e
+    session = TaskSession(settings, host, principal, delegate, cred)
+    session.reattach(run_id)
+    return session
+
+
+def _first_line_only(line: str) -> Iterator[str | None]:
+    """Input for ``begin_invoke`` that sends ``line`` but not ``EndOfPipelineInput``."""
+    yield line
+    yield None
+
+
+def _lines(item: Any) -> list[str]:
+    text = item if isinstance(item, str) else str(item)
+    return [ln.rstrip("\r") for ln in text.split("\n") if ln.strip()]
+
+
+def _error_text(rec: Any) -> str:
+    for attr in ("message", "reason"):
+        value = getattr(rec, attr, None)
+        if value:
+            return str(value)
+    return str(rec)
+
+
+def python_missing_reason(errors: list[str], host: HostSpec, python: str) -> str | None:
+    """The fix message when PowerShell could not find the configured interpreter."""
+    text = " ".join(errors)
+    if "is not recognized" in text or "CommandNotFound" in text or "not recognized as the name" in text:
+        return (
+            f"{python!r} is not found on {host.name}: install Python with winexec[agent] there, "
+            "or set [winexec] python to the interpreter's full path"
+        )
+    return None
+
+
+def open_session(
+    settings: Settings,
+    host: HostSpec,
+    principal: str,
+    delegate: bool,
+    tickets: CredentialStore,
+    start: protocol.Start,
+    min_lifetime: float | None = None,
+) -> TaskSession:
+    """Get the principal's credential, open a session on ``host`` and start the agent."""
+    try:
+        try:
+            cred = tickets.get(principal, min_lifetime=min_lifetime)
+        except Exception as e:
+            if min_lifetime is None or type(e).__name__ != "TicketLifetimeError":
+                raise
+            # The KDC caps lifetimes below the task's timeout: run anyway, the store renews.
+            log.warning("%s: tickets are shorter than the task's timeout (%s)", principal, e)
+            cred = tickets.get(principal)
+    except Exception as e:
+        raise classify(e, host, principal) from e
+    session = TaskSession(settings, host, principal, delegate, cred)
+    session.open(start)
+    return session

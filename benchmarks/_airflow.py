@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,10 +21,8 @@ from typing import Any
 from benchmarks._report import Context, summary
 
 #: Stand-in hosts in windows-like mode (no fork/killpg/fcntl... for processes they start), as
-#: the test suite runs them: ``WINEXEC_BENCH_WINDOWS_LIKE=1``.
-#: Off by default for now: it changes what Python on the host may call, not what anything costs,
-#: and the agent's task runner does not run in that mode yet (``fcntl`` through the Task SDK).
-WINDOWS_LIKE = os.environ.get("WINEXEC_BENCH_WINDOWS_LIKE", "0") == "1"
+#: the test suite and the demo run them.
+WINDOWS_LIKE = True
 
 FANOUT_DAG = "bench_fanout"
 CHAIN_DAG = "bench_chain"
@@ -70,18 +67,6 @@ def write_dags(folder: Path, *, fanout: int, chain: int, max_active: int) -> Pat
             fanout=fanout, chain=chain, max_active=max_active, fanout_id=FANOUT_DAG, chain_id=CHAIN_DAG
         )
     )
-    return path
-
-
-def host_python(path: Path, env: dict[str, str]) -> Path:
-    """The interpreter "installed on the host": this venv's python with the host's own settings.
-
-    The stand-in starts native commands with a clean environment (as WinRM does), so a wrapper
-    supplies what a Windows host has in its system environment (AIRFLOW_HOME, the DAGs folder).
-    """
-    exports = "".join(f"export {k}='{v}'\n" for k, v in env.items())
-    path.write_text(f"#!/bin/sh\n{exports}exec '{sys.executable}' \"$@\"\n")
-    path.chmod(0o755)
     return path
 
 
@@ -257,55 +242,24 @@ def winexec_stack(
     ``[winexec]`` in airflow.cfg and the realm's ``KRB5_CONFIG`` in the scheduler's environment.
     The sim hosts (and the realm's KDC) run in this process and its children.
     """
-    from winexec.sim.testing import running_cluster
-    from winexec.testing.airflow_stack import AirflowStack
+    from winexec.testing.world import windows_world
 
     tmp = ctx.scratch(name)
     dags = tmp / "dags"
     parallelism = hosts * slots
     write_dags(dags, fanout=fanout, chain=chain, max_active=parallelism)
-    home = tmp / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    host_home = tmp / "host-home"
-    host_home.mkdir(exist_ok=True)
-    with running_cluster(tmp / "realm", hosts, ("airflow",), windows_like=windows_like) as (realm, cluster):
-        python = host_python(
-            tmp / "host-python",
-            {
-                "AIRFLOW_HOME": str(host_home),
-                "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-                "WINEXEC_SPOOL": str(tmp / "spool"),
-            },
-        )
-        winexec_cfg = {
-            "hosts": ", ".join(
-                f"http://{h.name}:{h.http_port}?slots={slots}&address={h.address}" for h in cluster.hosts
-            ),
-            "python": str(python),
-            "default_principal": realm.principal("airflow"),
-            "default_keytab": str(realm.keytab_path(realm.principal("airflow"))),
-            "keytab_dir": str(realm.workdir / "keytabs"),
-            "io_workers": str(max(8, min(32, 2 * parallelism))),
-            **(extra or {}),
-        }
-        config = _merge(
-            COMMON_CONFIG,
-            {"core": {"parallelism": str(parallelism)}, "winexec": winexec_cfg},
-        )
-        env = {**realm.env()}
-        with AirflowStack(
-            dags,
-            home=home,
-            executor="winexec.WindowsKerberosExecutor",
-            scheduler=True,
-            dag_processor=True,
-            config=config,
-            env=env,
-        ) as stack:
-            yield WinexecWorld(stack=stack, realm=realm, cluster=cluster)
+    with windows_world(
+        tmp,
+        dags,
+        hosts=hosts,
+        slots=slots,
+        principals=("airflow",),
+        windows_like=windows_like,
+        host_env={"AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"},
+        winexec={"io_workers": str(max(8, min(32, 2 * parallelism))), **(extra or {})},
+        config=_merge(COMMON_CONFIG, {"core": {"parallelism": str(parallelism)}}),
+    ) as world:
+        yield WinexecWorld(stack=world.stack, realm=world.realm, cluster=world.cluster)
 
 
 def _tree_cpu(pid: int) -> float:

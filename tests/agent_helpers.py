@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from winexec.protocol import Exit, Message, Start, parse_line
+from winexec.sim.windowslike import SITE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-#: Windows-like mode for the agent tests (the sim's, after importing psutil).
-WINDOWSLIKE = REPO / "tests" / "agent_windowslike"
+#: Windows-like mode for the agent tests: the stand-in's own ``sitecustomize``.
+WINDOWSLIKE = SITE_DIR
 
 
 def windowslike_env(base: dict[str, str], spool: Path) -> dict[str, str]:

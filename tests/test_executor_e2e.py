@@ -17,47 +17,28 @@ from typing import Any
 
 import pytest
 
-from tests.test_launcher import DAG_ID, DAGS, WINDOWS_LIKE, host_python
-from winexec.sim.testing import running_cluster
+from tests.test_launcher import DAG_ID, DAGS
 from winexec.testing.airflow_stack import AirflowStack
+from winexec.testing.world import World, windows_world
+
+SLOTS = 3
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("e2e")
     dags = tmp / "dags"
     dags.mkdir()
     shutil.copy(DAGS / "winexec_e2e_dag.py", dags)
     shutil.copy(DAGS / "winexec_adopt_dag.py", dags)
-    with running_cluster(tmp / "realm", 3, ("airflow", "alice"), windows_like=WINDOWS_LIKE) as (
-        realm,
-        cluster,
-    ):
-        hosts = ", ".join(f"http://{h.name}:{h.http_port}?slots=3&address={h.address}" for h in cluster.hosts)
-        # what the hosts have installed: the agent's Python, with the host's own Airflow settings
-        host_home = tmp / "host-home"
-        host_home.mkdir()
-        (tmp / "home").mkdir()
-        logs = tmp / "home" / "logs"
-        python = host_python(
-            tmp / "host-python",
-            {
-                "AIRFLOW_HOME": str(host_home),
-                "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(logs),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                # a shared 2-core test machine under load answers slowly
-                "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
-                "WINEXEC_SPOOL": str(tmp / "spool"),
-                "WINEXEC_E2E_SECOND_HOP": f"HTTP@{cluster.hosts[1].name}",
-            },
-        )
-        winexec_cfg = {
-            "hosts": hosts,
-            "python": str(python),
-            "default_principal": realm.principal("airflow"),
-            "default_keytab": str(realm.keytab_path(realm.principal("airflow"))),
-            "keytab_dir": str(realm.workdir / "keytabs"),
+    with windows_world(
+        tmp,
+        dags,
+        hosts=3,
+        slots=SLOTS,
+        principals=("airflow", "alice"),
+        host_env={"WINEXEC_E2E_SECOND_HOP": "HTTP@win02.winexec.test"},
+        winexec={
             "heartbeat_interval": "1",
             "missed_heartbeats": "10",
             "keepalive_timeout": "60",
@@ -67,26 +48,40 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
             "connect_timeout": "5",
             "io_workers": "8",
             "launch_backoff": "0.5",
-        }
-        config: dict[str, dict[str, Any]] = {
-            "winexec": winexec_cfg,
-            "core": {"parallelism": "16"},
-            "scheduler": {"task_queued_timeout": "300"},
-        }
-        with AirflowStack(
-            dags,
-            home=tmp / "home",
-            executor="winexec.WindowsKerberosExecutor",
-            scheduler=True,
-            dag_processor=True,
-            config=config,
-            env=realm.env(),
-        ) as s:
-            s.set_variable("winexec_e2e_var", "hello")
-            yield s
+        },
+        # more than the pool's 9 slots: the executor, not Airflow, must hold tasks back
+        config={"core": {"parallelism": "16"}, "scheduler": {"task_queued_timeout": "300"}},
+    ) as w:
+        w.stack.set_variable("winexec_e2e_var", "hello")
+        yield w
 
 
-def test_a_whole_dag_runs_on_the_windows_hosts(stack: AirflowStack) -> None:
+@pytest.fixture(scope="module")
+def stack(world: World) -> AirflowStack:
+    return world.stack
+
+
+def _peak_concurrency(entries: list[dict[str, Any]]) -> int:
+    """Most agent pipelines ever running at once on one host (from the stand-in's own record)."""
+    edges = []
+    for e in entries:
+        if any("winexec.agent" in a for a in e["argv"]):
+            edges += [(e["time"], 1), (e["ended"] or float("inf"), -1)]
+    peak = now = 0
+    for _, step in sorted(edges, key=lambda x: (x[0], x[1])):
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def _log_text(
+    stack: AirflowStack, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int
+) -> str:
+    path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
+    return str(stack.api("GET", path, params={"map_index": map_index}))
+
+
+def test_a_whole_dag_runs_on_the_windows_hosts(world: World, stack: AirflowStack) -> None:
     run_id = stack.trigger(DAG_ID)
     try:
         state = stack.wait_for_run(DAG_ID, run_id, timeout=420)
@@ -105,20 +100,38 @@ def test_a_whole_dag_runs_on_the_windows_hosts(stack: AirflowStack) -> None:
     assert stack.xcom(DAG_ID, run_id, "read_variable") == "hello/airflow"
     hop = stack.xcom(DAG_ID, run_id, "double_hop")
     assert hop["client"] == "alice@WINEXEC.TEST" and hop["user"] == "alice"
-    # spread over the pool (every sim host is this machine, so TI.hostname cannot tell them apart)
-    launched = re.findall(r"launched on (win\d+)\.", stack.log_tail("scheduler", 10_000_000))
-    assert len(set(launched)) >= 2, launched
+    # no fork on the host path: the hosts are windows-like, and the task saw no os.fork
+    assert stack.xcom(DAG_ID, run_id, "hello")["fork"] is False
+    # each task ran on a stand-in host as the principal it maps to, as its own log says
+    hosts = set()
+    for (task_id, map_index), ti in tis.items():
+        if task_id == "unknown_principal":
+            continue
+        log = _log_text(stack, DAG_ID, run_id, task_id, ti["try_number"], map_index)
+        who = "alice@WINEXEC.TEST" if task_id == "double_hop" else "airflow@WINEXEC.TEST"
+        m = re.search(r"winexec: running on (WIN0[123]) as WINEXEC\\+(\w+) \((\S+)\)", log)
+        assert m and m.group(3) == who, (task_id, log[:3000])
+        hosts.add(m.group(1))
+    assert len(hosts) >= 2, hosts  # spread over the pool
+    # the pool's slots were respected throughout, as counted by the hosts themselves
+    for h in world.cluster.hosts:
+        assert 0 < _peak_concurrency(h.pipeline_log) <= SLOTS, (h.name, h.pipeline_log)
     # a task the executor could not start: the reason is in the task's log, as Airflow shows it
     log = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/unknown_principal/logs/1")
     text = str(log)
     assert "winexec: could not start the task" in text and "nobody.keytab" in text, text[-2000:]
 
 
-def test_running_tasks_survive_a_scheduler_restart(stack: AirflowStack) -> None:
+def test_running_tasks_survive_a_scheduler_restart(world: World, stack: AirflowStack) -> None:
     """The old scheduler detaches (end()), the new one reattaches to the agent by run id."""
     dag_id = "winexec_adopt"
     run_id = stack.trigger(dag_id, conf={"sleep": 25})
     stack.wait_for_ti(dag_id, run_id, "long_sleep", {"running"}, timeout=180)
+    # while it runs: no token (every Airflow JWT starts "eyJ") in any host process's argv or env
+    procs = [p for h in world.cluster.hosts for p in h.processes()]
+    assert any("winexec.agent" in " ".join(p["argv"]) for p in procs), procs
+    for p in procs:
+        assert "eyJ" not in " ".join(p["argv"]) and "eyJ" not in str(p["env"]), p["argv"]
     old = stack.procs["scheduler"]
     os.killpg(old.pid, signal.SIGTERM)
     old.wait(90)

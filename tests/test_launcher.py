@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,26 +30,11 @@ from winexec.sim import SimCluster
 from winexec.sim.kdc import Realm, free_port
 from winexec.sim.testing import running_cluster
 from winexec.testing.airflow_stack import AirflowStack
+from winexec.testing.world import host_python
 from winexec.tickets import TicketStore
 
 DAG_ID = "winexec_e2e"
-#: Run the stand-in's hosts in windows-like mode (no fork/fcntl/... for the agent and the task).
-#: Off by default until the stand-in accepts the agent's ``fcntl`` shim (see the lead's notes);
-#: ``WINEXEC_TEST_WINDOWS_LIKE=1`` turns it on.
-WINDOWS_LIKE = os.environ.get("WINEXEC_TEST_WINDOWS_LIKE", "0") == "1"
 DAGS = Path(__file__).resolve().parent / "executor_dags"
-
-
-def host_python(path: Path, env: dict[str, str]) -> Path:
-    """The interpreter "installed on the host": the venv's python with the host's machine settings.
-
-    A Windows host has its own AIRFLOW_HOME, DAGs folder and log folder (system environment); the
-    stand-in starts native commands with a clean environment, so a wrapper supplies them.
-    """
-    exports = "".join(f"export {k}='{v}'\n" for k, v in env.items())
-    path.write_text(f"#!/bin/sh\n{exports}exec '{sys.executable}' \"$@\"\n")
-    path.chmod(0o755)
-    return path
 
 
 @dataclass
@@ -85,7 +69,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     dags.mkdir()
     shutil.copy(DAGS / "winexec_e2e_dag.py", dags)
     with (
-        running_cluster(tmp / "realm", 2, ("airflow", "alice"), windows_like=WINDOWS_LIKE) as (
+        running_cluster(tmp / "realm", 2, ("airflow", "alice"), windows_like=True) as (
             realm,
             cluster,
         ),

@@ -845,9 +845,13 @@ class WindowsKerberosExecutor(BaseExecutor):
         session, and closing it would detach the very instances being adopted.
         """
         from sqlalchemy.orm import object_session
+        from sqlalchemy.orm.exc import UnmappedInstanceError
 
         run_as_user: str | None = None
-        session = object_session(ti)
+        try:
+            session = object_session(ti)
+        except UnmappedInstanceError:  # not an ORM instance: nothing more to read
+            session = None
         if session is not None:
             _, run_as_user, _ = self._task_facts_from_db(ti, session)
         return TaskFacts(

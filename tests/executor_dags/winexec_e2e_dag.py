@@ -15,13 +15,17 @@ SECOND_HOP = os.environ.get("WINEXEC_E2E_SECOND_HOP", "HTTP@win02.winexec.test")
 @dag(schedule=None, catchup=False, max_active_tasks=16)
 def winexec_e2e() -> None:
     @task
-    def hello() -> dict[str, str]:
-        return {"user": os.environ.get("USERNAME", "?"), "host": os.environ.get("COMPUTERNAME", "?")}
+    def hello() -> dict[str, object]:
+        return {
+            "user": os.environ.get("USERNAME", "?"),
+            "host": os.environ.get("COMPUTERNAME", "?"),
+            "fork": hasattr(os, "fork"),
+        }
 
     @task
-    def read_variable(greeting: dict[str, str]) -> str:
+    def read_variable(greeting: dict[str, object]) -> str:
         assert greeting["user"], greeting
-        return str(Variable.get("winexec_e2e_var")) + "/" + greeting["user"]
+        return f"{Variable.get('winexec_e2e_var')}/{greeting['user']}"
 
     @task
     def parallel(i: int) -> int:

@@ -36,6 +36,20 @@ def _bind_comms(sock: socket.socket) -> None:
     task_runner.CommsDecoder = _BoundDecoder  # type: ignore[misc,assignment]
 
 
+def _say_where() -> None:
+    """First line of the task's log: which host and which Windows identity (and principal) ran it."""
+    import structlog
+
+    env = os.environ
+    host = env.get("COMPUTERNAME") or socket.gethostname()
+    user = env.get("USERNAME") or "?"
+    who = f"{env['USERDOMAIN']}\\{user}" if env.get("USERDOMAIN") else user
+    dns = env.get("USERDNSDOMAIN")
+    upn = env.get("USERPRINCIPALNAME") or (f"{user}@{dns}" if dns else "")
+    suffix = f" ({upn})" if upn else ""
+    structlog.get_logger("winexec.agent").info(f"winexec: running on {host} as {who}{suffix}")
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     parser = argparse.ArgumentParser(prog="python -m winexec.agent.runner")
     parser.add_argument("--comm", required=True, type=_address)
@@ -57,6 +71,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     reset_logging()
     configure_logging(json_output=True, output=log_io, sending_to_supervisor=True)
     _bind_comms(comm)
+    _say_where()
 
     code = 0
     try:

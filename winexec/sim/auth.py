@@ -90,9 +90,8 @@ class AuthContext:
         return self.proxy.complete
 
     def step(self, token: bytes) -> bytes | None:
-        # Accept and store the delegated TGT in one go under the process-wide lock: MIT's
-        # gss_store_cred_into, run while other threads accept contexts, was measured to report
-        # success and write nothing. Both take milliseconds.
+        # Accept and store the delegated TGT in one go under the process-wide lock (GSS calls
+        # from many connection threads at once); both take milliseconds.
         with _GSS_LOCK:
             try:
                 out = self.proxy.step(token)
@@ -163,17 +162,14 @@ _GSS_LOCK = threading.Lock()
 
 
 def _store(creds: gssapi.Credentials, ccache: Path) -> None:
-    # MIT's gss_store_cred_into into a fresh FILE cache sometimes reports success and writes
-    # nothing (seen under concurrent load, even serialized); a second call then works.
-    for _ in range(5):
-        res = gssapi.raw.store_cred_into(
-            {"ccache": f"FILE:{ccache}"}, creds, usage="initiate", overwrite=True, set_default=False
-        )
-        if ccache.exists():
-            ccache.chmod(0o600)
-            return
-        log.debug("gss_store_cred_into wrote nothing to %s, retrying", ccache)
-    raise OSError(f"gss_store_cred_into stored nothing (mechs={list(res.mechs or [])})")
+    # Bytes, held in a local for the whole call: python-gssapi's raw store_cred_into turns *str*
+    # values into temporary C strings that can be freed before MIT reads them -- the cache then
+    # lands in a file with a garbage name (seen as a file named "\x01" in the working directory).
+    store: dict[bytes | str, bytes | str] = {b"ccache": f"FILE:{ccache}".encode()}
+    gssapi.raw.store_cred_into(store, creds, usage="initiate", overwrite=True, set_default=False)
+    if not ccache.exists():
+        raise OSError(f"gss_store_cred_into did not create {ccache}")
+    ccache.chmod(0o600)
 
 
 def copy_ccache(src: Path, dst: Path) -> None:

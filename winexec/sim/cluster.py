@@ -198,6 +198,7 @@ class SimHost:
                     "argv": list(argv),
                     "delegated": shell.delegated,
                     "exit_code": None,
+                    "ended": None,
                 }
             )
         log.info("host %s: %s started %s", self.short_name, shell.owner.principal, argv[0])
@@ -207,6 +208,7 @@ class SimHost:
             for entry in reversed(self.pipeline_log):
                 if entry["command_id"] == command_id:
                     entry["exit_code"] = code
+                    entry["ended"] = time.time()
                     break
 
     # -- quotas that need watching ---------------------------------------------------------

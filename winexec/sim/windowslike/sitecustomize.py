@@ -5,13 +5,16 @@ it starts. Removed: ``os.fork``, ``os.forkpty``, ``os.killpg``, ``os.setpgid``, 
 ``os.getpgid``, ``signal.SIGKILL``, ``signal.SIGALRM``, ``signal.SIGUSR1``, ``signal.SIGUSR2``,
 ``signal.setitimer``. Unimportable: ``fcntl``, ``pwd``, ``grp``, ``resource``, ``termios``.
 
-Two adjustments keep portable code portable (they are no loophole for code under test):
+Three adjustments keep portable code portable (they are no loophole for code under test):
 
 - ``subprocess.Popen.kill`` is ``Popen.terminate`` (on Windows both are ``TerminateProcess``),
   because the POSIX version reads ``signal.SIGKILL``, which Windows has not.
 - cross-platform libraries in ``_OWN_BACKENDS`` (psutil) may import the blocked modules from
   their *own* POSIX backend (``psutil._pslinux`` imports ``resource``): on Windows they load a
   Windows backend instead, so blocking them there would be a failure Windows never has.
+- a module that is already in ``sys.modules`` under a blocked name *and* marked
+  ``__winexec_shim__`` (the agent's ``fcntl`` shim) is returned, as CPython on Windows returns
+  any module in ``sys.modules``; the real POSIX modules stay refused.
 """
 
 import builtins
@@ -69,6 +72,9 @@ def _import(name, globals=None, locals=None, fromlist=(), level=0):
     # Also refuse a blocked module another library already loaded (sys.modules would
     # otherwise satisfy ``import pwd`` without asking the finder).
     if level == 0 and name.partition(".")[0] in _BLOCKED:
+        shim = sys.modules.get(name)
+        if shim is not None and getattr(shim, "__winexec_shim__", False):
+            return shim
         caller = (globals or {}).get("__name__", "") or ""
         if caller.partition(".")[0] not in _OWN_BACKENDS:
             raise ModuleNotFoundError(f"No module named '{name}'", name=name)

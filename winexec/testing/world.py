@@ -1,0 +1,118 @@
+"""A whole winexec installation on one machine: realm, stand-in Windows hosts, Airflow.
+
+The demo, the end-to-end tests and the benchmarks all need the same thing: a real MIT KDC, N
+``winexec.sim`` hosts, the "Python installed on each host" and an Airflow (api-server, scheduler,
+dag-processor on SQLite) whose airflow.cfg says ``executor = winexec.WindowsKerberosExecutor``
+with a ``[winexec]`` section naming those hosts. The executor is configured only the production
+way (airflow.cfg plus ``KRB5_CONFIG`` in the scheduler's environment), never from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from winexec.sim.cluster import SimCluster
+from winexec.sim.kdc import Realm
+from winexec.sim.testing import running_cluster
+from winexec.testing.airflow_stack import AirflowStack
+
+EXECUTOR = "winexec.WindowsKerberosExecutor"
+
+
+@dataclass
+class World:
+    realm: Realm
+    cluster: SimCluster
+    stack: AirflowStack
+    python: Path  # the command the hosts run the agent with
+
+    def principal(self, name: str) -> str:
+        return self.realm.principal(name)
+
+
+def host_python(path: Path, env: Mapping[str, str]) -> Path:
+    """The interpreter "installed on the hosts": this venv's python with the hosts' own settings.
+
+    A Windows host has its own AIRFLOW_HOME, DAGs folder and log folder (system environment); the
+    stand-in starts native commands with a clean environment, so a wrapper supplies them.
+    """
+    exports = "".join(f"export {k}='{v}'\n" for k, v in env.items())
+    path.write_text(f"#!/bin/sh\n{exports}exec '{sys.executable}' \"$@\"\n")
+    path.chmod(0o755)
+    return path
+
+
+def _merge(*configs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for cfg in configs:
+        for section, values in cfg.items():
+            out.setdefault(section, {}).update(values)
+    return out
+
+
+@contextlib.contextmanager
+def windows_world(
+    workdir: Path,
+    dags_folder: Path,
+    *,
+    hosts: int = 3,
+    slots: int = 3,
+    principals: tuple[str, ...] = ("airflow", "alice"),
+    winexec: Mapping[str, str] | None = None,
+    config: Mapping[str, Mapping[str, Any]] | None = None,
+    host_env: Mapping[str, str] | None = None,
+    windows_like: bool = True,
+) -> Iterator[World]:
+    """Start everything under ``workdir``; stop everything (no process left) on exit.
+
+    The first principal is ``[winexec] default_principal``; every principal's keytab lands in
+    ``keytab_dir``, so tasks may map to any of them. ``host_env`` adds to the hosts' environment
+    and ``winexec``/``config`` override airflow.cfg options.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    home = workdir / "airflow-home"
+    home.mkdir(exist_ok=True)
+    host_home = workdir / "host-home"
+    host_home.mkdir(exist_ok=True)
+    with running_cluster(workdir / "realm", hosts, principals, windows_like=windows_like) as (realm, cluster):
+        python = host_python(
+            workdir / "host-python",
+            {
+                "AIRFLOW_HOME": str(host_home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+                # the hosts write task logs where the api-server reads them (a share, in production)
+                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                # a small, shared machine answers slowly at times
+                "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+                "WINEXEC_SPOOL": str(workdir / "host-spool"),
+                **(host_env or {}),
+            },
+        )
+        default = realm.principal(principals[0])
+        section = {
+            "hosts": ", ".join(
+                f"http://{h.name}:{h.http_port}?slots={slots}&address={h.address}" for h in cluster.hosts
+            ),
+            "python": str(python),
+            "default_principal": default,
+            "default_keytab": str(realm.keytab_path(default)),
+            "keytab_dir": str(realm.workdir / "keytabs"),
+            **(winexec or {}),
+        }
+        base = {"core": {"parallelism": str(hosts * slots)}, "winexec": section}
+        with AirflowStack(
+            dags_folder,
+            home=home,
+            executor=EXECUTOR,
+            scheduler=True,
+            dag_processor=True,
+            config=_merge(base, config or {}),
+            env=realm.env(),
+        ) as stack:
+            yield World(realm=realm, cluster=cluster, stack=stack, python=python)

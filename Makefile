@@ -1,19 +1,14 @@
-# The two commands a newcomer needs: `make demo` and `make test`.
-.PHONY: setup test lint demo bench
+# Shorthands for the scripts the README names; `make` is optional.
+.PHONY: setup test demo bench
 
 setup:
 	@bash scripts/setup.sh
 
-lint: setup
-	.venv/bin/ruff check winexec tests benchmarks
-	.venv/bin/ruff format --check winexec tests benchmarks
-	.venv/bin/mypy
+test:
+	@bash scripts/test.sh $(PYTEST_ARGS)
 
-test: lint
-	.venv/bin/pytest -q $(PYTEST_ARGS)
-
-demo: setup
-	.venv/bin/python -m winexec.demo $(DEMO_ARGS)
+demo:
+	@bash scripts/demo.sh $(DEMO_ARGS)
 
 bench: setup
 	.venv/bin/python -m benchmarks $(BENCH_ARGS)

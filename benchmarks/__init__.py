@@ -1,4 +1,4 @@
-"""winexec's benchmark suite: ``make bench`` (``python -m benchmarks [--only NAME] [--quick]``).
+"""winexec's benchmark suite: ``bash scripts/bench.sh`` (``python -m benchmarks [--only NAME] [--quick]``).
 
 Each benchmark is a module of this package with
 

@@ -1,7 +1,7 @@
 """Smoke test of the benchmark harness (not of performance: nothing here is timed or judged).
 
 Runs the ticket-layer benchmark with a handful of iterations against a real KDC through the same
-entry point as ``make bench``, and checks that it writes valid JSON, a PNG when matplotlib is
+entry point as ``bash scripts/bench.sh``, and checks that it writes valid JSON, a PNG when matplotlib is
 installed, and a report that shows the figures and the machine.
 """
 

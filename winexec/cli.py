@@ -1,0 +1,438 @@
+"""``airflow winexec hosts|check|tickets``: what an operator asks when a host refuses work.
+
+Airflow glue only: the commands read ``[winexec]`` the way the scheduler does (:func:`winexec.config.load`),
+get tickets with :class:`winexec.tickets.TicketStore` and talk to hosts through
+:mod:`winexec.hostcall` -- the same code paths launches use, so a passing check means a task gets
+through. Output is a table for people or ``--output json`` for scripts. They run wherever the
+scheduler's configuration and keytabs are (typically the scheduler host), never in the scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from winexec.config import HostSpec, Settings
+
+if TYPE_CHECKING:
+    import argparse
+
+    from airflow.cli.cli_config import GroupCommand
+
+    from winexec.tickets import TicketStore
+
+
+# -- the commands' data ------------------------------------------------------------------------
+@dataclass
+class Step:
+    """One line of ``airflow winexec check``."""
+
+    step: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    host: str = ""
+    principal: str = ""
+
+
+def _when(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def _settings(check_files: bool = True) -> Settings:
+    from winexec.config import load
+
+    return load(check_files=check_files)
+
+
+def _store(settings: Settings, principals: Iterable[str]) -> tuple[TicketStore, dict[str, str]]:
+    """A ticket store (not started) with every principal whose keytab is usable; errors by principal."""
+    from winexec.tickets import TicketError, TicketStore
+
+    store = TicketStore()
+    errors: dict[str, str] = {}
+    for principal in principals:
+        keytab = settings.keytab_for(principal)
+        if keytab is None:
+            errors[principal] = f"no keytab for {principal}: add it to [winexec] keytabs or set keytab_dir"
+            continue
+        try:
+            store.add(principal, keytab)
+        except TicketError as e:
+            errors[principal] = str(e)
+    return store, errors
+
+
+def _pick_hosts(settings: Settings, name: str | None) -> list[HostSpec]:
+    if not name:
+        return list(settings.hosts)
+    wanted = name.lower()
+    for h in settings.hosts:
+        if wanted in (h.name, h.name.split(".")[0], h.connect_address):
+            return [h]
+    known = ", ".join(h.name for h in settings.hosts)
+    raise SystemExit(f"host {name!r} is not in [winexec] hosts ({known})")
+
+
+def _parallel(fn: Callable[[HostSpec], Any], hosts: list[HostSpec]) -> list[Any]:
+    """One probe per host at once: a dead host costs its connect timeout once, not once per host."""
+    if len(hosts) <= 1:
+        return [fn(h) for h in hosts]
+    with ThreadPoolExecutor(max_workers=min(16, len(hosts)), thread_name_prefix="winexec-cli") as pool:
+        return list(pool.map(fn, hosts))
+
+
+def host_rows(settings: Settings, principal: str | None = None) -> list[dict[str, Any]]:
+    """Per host: health of the authenticated channel, slots, and what the host says it runs."""
+    from winexec.hostcall import open_channel
+    from winexec.launcher import LaunchError, classify
+
+    principal = principal or settings.default_principal
+    store, errors = _store(settings, [principal])
+
+    def probe(host: HostSpec) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "host": host.name,
+            "endpoint": f"{host.scheme}://{host.connect_address}:{host.port}",
+            "health": "ok",
+            "slots": host.slots,
+            "used": None,
+            "free": None,
+            "running": [],
+            "last_error": "",
+        }
+        t0 = time.monotonic()
+        try:
+            if principal in errors:
+                raise RuntimeError(errors[principal])
+            with open_channel(settings, host, principal, False, store) as channel:
+                runs = channel.agent("--runs")
+            used = int(runs.get("count") or 0)
+            row.update(
+                used=used,
+                free=max(0, host.slots - used),
+                running=[str(r.get("task") or r.get("run_id")) for r in runs.get("runs") or []],
+            )
+        except Exception as e:
+            err = e if isinstance(e, LaunchError) else classify(e, host, principal)
+            row["health"] = "down" if err.kind == "unreachable" else "error"
+            row["last_error"] = err.reason
+        row["probe_seconds"] = round(time.monotonic() - t0, 2)
+        return row
+
+    try:
+        return _parallel(probe, list(settings.hosts))
+    finally:
+        store.close()
+
+
+def ticket_rows(settings: Settings, principal: str | None = None) -> list[dict[str, Any]]:
+    """Each configured principal's TGT as the scheduler gets it: from its keytab, from the KDC."""
+    from winexec.tickets import TicketError
+
+    principals = [principal] if principal else settings.static_principals()
+    store, errors = _store(settings, principals)
+    rows: list[dict[str, Any]] = []
+    try:
+        for p in principals:
+            row: dict[str, Any] = {
+                "principal": p,
+                "keytab": settings.keytab_for(p) or "",
+                "ccache": "",
+                "expires": None,
+                "renew_till": None,
+                "ok": False,
+                "error": errors.get(p, ""),
+            }
+            if p not in errors:
+                try:
+                    cred = store.get(p)
+                    st = store.status(p)
+                    row.update(
+                        ccache=st.ccache,
+                        expires=_when(cred.expires_at),
+                        renew_till=_when(cred.renew_till),
+                        ok=True,
+                    )
+                except TicketError as e:
+                    row["error"] = str(e)
+            rows.append(row)
+    finally:
+        store.close()
+    return rows
+
+
+def _spn_step(settings: Settings, host: HostSpec, principal: str, ccache: str) -> Step:
+    """Ask the KDC for a service ticket to ``HTTP/<host>`` with the principal's TGT."""
+    import gssapi
+
+    step = Step(f"service ticket HTTP/{host.name}", False, "", host=host.name, principal=principal)
+    try:
+        creds = gssapi.Credentials(usage="initiate", store={"ccache": ccache})
+        target = gssapi.Name(f"HTTP@{host.name}", gssapi.NameType.hostbased_service)
+        flags = int(gssapi.RequirementFlag.mutual_authentication)
+        if settings.delegate_for(principal):
+            flags |= int(gssapi.RequirementFlag.delegate_to_peer)
+        gssapi.SecurityContext(name=target, creds=creds, usage="initiate", flags=flags).step()
+    except gssapi.exceptions.GSSError as e:
+        text = str(e)
+        step.detail = f"the KDC gave no ticket for HTTP/{host.name}: {text[:300]}"
+        if "not found in Kerberos database" in text or "Server not found" in text:
+            step.fix = (
+                f"register the SPN on the host's computer account: setspn -S HTTP/{host.name} "
+                f"{host.name.split('.')[0].upper()} (and check [winexec] hosts names the FQDN)"
+            )
+        else:
+            step.fix = "check the realm's KDC and krb5.conf [domain_realm] for this host"
+        return step
+    step.ok = True
+    step.detail = "granted"
+    return step
+
+
+def check_steps(settings: Settings, host_name: str | None, principal: str | None) -> list[Step]:
+    """Everything between the scheduler and a task on a host, one step at a time, with the fix."""
+    from winexec.hostcall import open_channel
+    from winexec.launcher import LaunchError, classify
+    from winexec.tickets import TicketError
+
+    principal = principal or settings.default_principal
+    steps = [Step("settings", True, f"[winexec] valid: {len(settings.hosts)} host(s)")]
+    hosts = _pick_hosts(settings, host_name)
+    store, errors = _store(settings, [principal])
+    try:
+        if principal in errors:
+            steps.append(
+                Step(
+                    "keytab",
+                    False,
+                    errors[principal],
+                    fix="export the principal's keytab and set [winexec] keytabs/keytab_dir/default_keytab",
+                    principal=principal,
+                )
+            )
+            return steps
+        steps.append(Step("keytab", True, str(settings.keytab_for(principal)), principal=principal))
+        try:
+            cred = store.get(principal)
+        except TicketError as e:
+            steps.append(Step("TGT", False, str(e), fix=e.message, principal=principal))
+            return steps
+        steps.append(
+            Step(
+                "TGT",
+                True,
+                f"valid until {_when(cred.expires_at)}, renewable until {_when(cred.renew_till)}",
+                principal=principal,
+            )
+        )
+        delegate = settings.delegate_for(principal)
+        for host in hosts:
+            spn = _spn_step(settings, host, principal, cred.ccache)
+            steps.append(spn)
+            if not spn.ok:
+                continue
+            shell = Step("open shell", False, "", host=host.name, principal=principal)
+            steps.append(shell)
+            try:
+                with open_channel(settings, host, principal, delegate, store) as channel:
+                    shell.ok, shell.detail = True, f"WinRM shell as {principal} (delegate={delegate})"
+                    info = channel.agent("--self-check")
+            except LaunchError as e:
+                target = shell
+                if shell.ok:
+                    target = Step("agent self-check", False, "", host=host.name, principal=principal)
+                if target is not shell:
+                    steps.append(target)
+                target.ok, target.detail, target.fix = False, e.reason, _fix_for(e, settings)
+                continue
+            except Exception as e:
+                err = classify(e, host, principal)
+                shell.ok, shell.detail, shell.fix = False, err.reason, _fix_for(err, settings)
+                continue
+            steps.extend(_self_check_steps(info, host, principal, delegate))
+    finally:
+        store.close()
+    return steps
+
+
+def _fix_for(err: Any, settings: Settings) -> str:
+    kind = getattr(err, "kind", "")
+    return {
+        "unreachable": "start WinRM (winrm quickconfig), open TCP 5985/5986 in the firewall, "
+        "check [winexec] hosts",
+        "auth": "add the principal to Remote Management Users on the host; check the SPN and keytab",
+        "python_missing": f"install Python with winexec[agent] on the host or set [winexec] python "
+        f"(now {settings.python!r}) to its full path",
+        "full": "raise the host's WinRM quotas (MaxShellsPerUser, MaxConcurrentOperationsPerUser)",
+        "ticket": "see the ticket error; fix the keytab or the KDC",
+    }.get(kind, "see the error; run python -m winexec.agent --self-check on the host")
+
+
+def _self_check_steps(info: dict[str, Any], host: HostSpec, principal: str, delegate: bool) -> list[Step]:
+    def mib(n: Any) -> str:
+        return f"{int(n) // (1024 * 1024)} MiB" if isinstance(n, int) else "unknown"
+
+    missing = ", ".join(info.get("problems") or [])
+    steps = [
+        Step(
+            "agent",
+            bool(info.get("ok")),
+            f"Python {info.get('python')}, Task SDK {info.get('task_sdk')}, winexec {info.get('winexec')} "
+            f"({info.get('executable')})" + (f"; {missing}" if missing else ""),
+            fix="" if info.get("ok") else "pip install winexec[agent] for that interpreter on the host",
+            host=host.name,
+            principal=principal,
+        )
+    ]
+    delegated = bool(info.get("delegated"))
+    steps.append(
+        Step(
+            "delegation",
+            delegated or not delegate,
+            (f"delegated TGT of {info.get('principal')} arrived" if delegated else "no delegated TGT")
+            + ("" if delegate else " (delegation is off for this principal)"),
+            fix=""
+            if delegated or not delegate
+            else "allow delegation in AD: trust the host's computer account for delegation (or set up "
+            "resource-based constrained delegation), and make sure the TGT is forwardable",
+            host=host.name,
+            principal=principal,
+        )
+    )
+    mem, disk = info.get("memory_free"), info.get("disk_free")
+    low = (isinstance(mem, int) and mem < 256 * 1024 * 1024) or (isinstance(disk, int) and disk < 1024**3)
+    steps.append(
+        Step(
+            "resources",
+            not low,
+            f"free memory {mib(mem)}, free disk {mib(disk)} ({info.get('spool')})",
+            fix="free memory or disk on the host (tasks need both)" if low else "",
+            host=host.name,
+            principal=principal,
+        )
+    )
+    return steps
+
+
+# -- printing ---------------------------------------------------------------------------------
+def _print(rows: list[dict[str, Any]], output: str) -> None:
+    if output == "json":
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        return
+    from airflow.cli.simple_table import AirflowConsole
+
+    AirflowConsole().print_as(data=rows, output=output)
+
+
+def _table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: ("" if v is None else v) for k, v in r.items()} for r in rows]
+
+
+# -- command functions (argparse namespace in, output out) --------------------------------------
+def _quiet(args: argparse.Namespace) -> None:
+    """Keep winexec's progress logs (ticket acquired, ...) out of the output unless ``--verbose``."""
+    import logging
+
+    if not getattr(args, "verbose", False):
+        import winexec.launcher  # noqa: F401  (sets pypsrp's loggers first; raise them after)
+
+        for name in (
+            "winexec",
+            "pypsrp",
+            "pypsrp.messages",
+            "pypsrp.wsman",
+            "pypsrp.serializer",
+            "pypsrp.shell",
+        ):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def hosts_command(args: argparse.Namespace) -> None:
+    """``airflow winexec hosts``."""
+    _quiet(args)
+    rows = host_rows(_settings(check_files=False), getattr(args, "principal", None))
+    _print(rows if args.output == "json" else _table_rows(rows), args.output)
+    if any(r["health"] != "ok" for r in rows):
+        raise SystemExit(1)
+
+
+def tickets_command(args: argparse.Namespace) -> None:
+    """``airflow winexec tickets``."""
+    _quiet(args)
+    rows = ticket_rows(_settings(check_files=False), getattr(args, "principal", None))
+    _print(rows if args.output == "json" else _table_rows(rows), args.output)
+    if not all(r["ok"] for r in rows):
+        raise SystemExit(1)
+
+
+def check_command(args: argparse.Namespace) -> None:
+    """``airflow winexec check``: exit status 1 when any step failed."""
+    _quiet(args)
+    from winexec.config import WinexecConfigError
+
+    try:
+        settings = _settings(check_files=True)
+    except WinexecConfigError as e:
+        steps = [Step("settings", False, p, fix="fix the option in airflow.cfg") for p in e.problems]
+    else:
+        steps = check_steps(settings, getattr(args, "host", None), getattr(args, "principal", None))
+    if args.output == "json":
+        _print([asdict(s) for s in steps], "json")
+    else:
+        for s in steps:
+            where = " ".join(x for x in (s.host, s.principal) if x)
+            line = f"[{'PASS' if s.ok else 'FAIL'}] {s.step}{f' ({where})' if where else ''}: {s.detail}"
+            print(line + (f"\n       fix: {s.fix}" if s.fix and not s.ok else ""))
+    if not all(s.ok for s in steps):
+        raise SystemExit(1)
+
+
+# -- registration ---------------------------------------------------------------------------
+def get_cli_commands() -> list[GroupCommand]:
+    """The ``airflow winexec`` group, for the executor's ``get_cli_commands`` and the provider."""
+    from airflow.cli.cli_config import (
+        ARG_OUTPUT,
+        ARG_VERBOSE,
+        ActionCommand,
+        Arg,
+        GroupCommand,
+        lazy_load_command,
+    )
+
+    arg_host = Arg(("--host",), help="only this host (its name as in [winexec] hosts)")
+    arg_principal = Arg(("--principal",), help="the principal to connect as (default: default_principal)")
+    return [
+        GroupCommand(
+            name="winexec",
+            help="Inspect the Windows hosts, tickets and the path from the scheduler to a task",
+            subcommands=(
+                ActionCommand(
+                    name="hosts",
+                    help="Each host's health (an authenticated WinRM shell), slots and running winexec tasks",
+                    func=lazy_load_command("winexec.cli.hosts_command"),
+                    args=(arg_principal, ARG_OUTPUT, ARG_VERBOSE),
+                ),
+                ActionCommand(
+                    name="check",
+                    help="Check settings, keytab, TGT, service ticket, shell and the agent, with fixes",
+                    func=lazy_load_command("winexec.cli.check_command"),
+                    args=(arg_host, arg_principal, ARG_OUTPUT, ARG_VERBOSE),
+                ),
+                ActionCommand(
+                    name="tickets",
+                    help="Each principal's TGT, acquired now from its keytab as the scheduler does",
+                    func=lazy_load_command("winexec.cli.tickets_command"),
+                    args=(arg_principal, ARG_OUTPUT, ARG_VERBOSE),
+                ),
+            ),
+        )
+    ]

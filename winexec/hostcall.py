@@ -1,0 +1,151 @@
+"""Short agent commands on a host over the tasks' own channel: probes, self-checks, log pages.
+
+``airflow winexec hosts/check`` and ``get_task_log`` need answers from a host, and they must come
+the way tasks do -- a WinRM shell opened as a Kerberos principal from its own ccache, with the
+same transport settings -- so a passing check means a task would get through too. One
+:class:`HostChannel` is one shell; each :meth:`HostChannel.agent` call is one PSRP pipeline running
+the fixed ``<python> -m winexec.agent <mode>`` with an optional JSON request on stdin (never on
+the command line). Transport only: nothing here knows Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from winexec.config import HostSpec, Settings
+from winexec.launcher import (
+    AgentFailure,
+    CredentialStore,
+    PythonMissing,
+    TaskSession,
+    classify,
+    python_missing_reason,
+)
+
+#: The agent modes a channel may run (a fixed list: no caller-chosen arguments reach the host).
+MODES = frozenset({"--self-check", "--runs", "--read-log"})
+
+
+class HostChannel:
+    """One WinRM shell on ``host`` as ``principal``; use as a context manager."""
+
+    def __init__(self, settings: Settings, host: HostSpec, principal: str, delegate: bool, cred: Any) -> None:
+        self.settings = settings
+        self.host = host
+        self.principal = principal
+        # TaskSession builds the WSMan exactly as launches do; reuse it so the two cannot drift.
+        self._session = TaskSession(settings, host, principal, delegate, cred)
+        self._pool: Any = None
+
+    @classmethod
+    def around(cls, session: TaskSession) -> HostChannel | None:
+        """A channel in a task's still-open shell (no new logon); closing it leaves the shell open."""
+        pool = session._pool
+        if pool is None or session.closed:
+            return None
+        channel = cls(session.settings, session.host, session.principal, session.delegate, None)
+        channel._pool = pool
+        return channel
+
+    def open(self) -> HostChannel:
+        from pypsrp.powershell import RunspacePool
+
+        try:
+            self._pool = RunspacePool(self._session._wsman())
+            self._pool.open()
+        except Exception as e:
+            self.close()
+            raise classify(e, self.host, self.principal) from e
+        return self
+
+    def agent(self, mode: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run ``<python> -m winexec.agent <mode>`` and return its one JSON answer.
+
+        Raises :class:`~winexec.launcher.PythonMissing` when the interpreter is not found, and
+        another :class:`~winexec.launcher.LaunchError` for transport or agent failures.
+        """
+        from pypsrp.powershell import PowerShell
+
+        if mode not in MODES:
+            raise ValueError(f"not an agent query mode: {mode}")
+        if self._pool is None:
+            self.open()
+        python = self.settings.python
+        ps = PowerShell(self._pool)
+        ps.add_cmdlet(python).add_argument("-m").add_argument("winexec.agent").add_argument(mode)
+        line = json.dumps(request, ensure_ascii=True) if request is not None else None
+        try:
+            ps.invoke(input=iter([line]) if line is not None else None)
+        except Exception as e:
+            raise classify(e, self.host, self.principal) from e
+        errors = [str(getattr(r, "message", None) or r) for r in ps.streams.error]
+        out = [ln for item in ps.output for ln in str(item).splitlines() if ln.strip()]
+        for text in reversed(out):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+        missing = python_missing_reason(errors, self.host, python)
+        if missing:
+            raise PythonMissing(missing)
+        tail = "; ".join(errors[-3:] or out[-3:]) or "no output"
+        raise AgentFailure(
+            f"`{python} -m winexec.agent {mode}` on {self.host.name} gave no answer: {tail[:500]}; "
+            "check that winexec[agent] is installed for that interpreter"
+        )
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                pool.close()
+            except Exception:  # a host that is gone is as closed as it gets
+                pass
+
+    def __enter__(self) -> HostChannel:
+        if self._pool is None:
+            self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_channel(
+    settings: Settings, host: HostSpec, principal: str, delegate: bool, tickets: CredentialStore
+) -> HostChannel:
+    """The principal's credential from ``tickets``, then a shell on ``host``."""
+    try:
+        cred = tickets.get(principal)
+    except Exception as e:
+        raise classify(e, host, principal) from e
+    return HostChannel(settings, host, principal, delegate, cred).open()
+
+
+def log_pages(
+    channel: HostChannel, path: str, page_size: int, offset: int = 0, *, close: bool = True
+) -> Iterator[str]:
+    """A task log's text, page by page from ``offset``, ending on line boundaries.
+
+    Nothing is fetched until iterated, and only one page is in memory at a time. Closes
+    ``channel`` at the end when ``close``.
+    """
+    try:
+        while True:
+            page = channel.agent("--read-log", {"path": path, "offset": offset, "limit": page_size})
+            if not page.get("found"):
+                return
+            data = str(page.get("data") or "")
+            if data:
+                yield data
+            nxt = int(page.get("next") or offset)
+            if page.get("eof") or nxt <= offset:
+                return
+            offset = nxt
+    finally:
+        if close:
+            channel.close()

@@ -6,6 +6,8 @@ Modes::
     python -m winexec.agent --self-check     # one JSON line about this host
     python -m winexec.agent --status RUN_ID  # one JSON line: the run's marker and liveness
     python -m winexec.agent --stop RUN_ID [--wait S]  # stop that run (its agent reports "stopped")
+    python -m winexec.agent --runs           # one JSON line: the winexec runs active on this host
+    python -m winexec.agent --read-log       # stdin {"path", "offset", "limit"}: one page of a task log
 
 In run mode stdout carries protocol lines only (``started``, ``heartbeat``, ``log``, and always a
 final ``exit``); everything else goes to ``<spool>/<ti>.try<N>.log``. The token arrives on stdin
@@ -193,7 +195,7 @@ class AgentRun:
         from winexec.agent import spool
 
         try:
-            self.marker, fresh = spool.claim(str(ti.id), ti.try_number, self.start.run_id)
+            self.marker, fresh = spool.claim(str(ti.id), ti.try_number, self.start.run_id, extra=_who(ti))
         except OSError as e:
             return self.exit("error", None, f"cannot create run marker: {e}")
         if not fresh:
@@ -301,6 +303,19 @@ class AgentRun:
         except Exception as e:
             self.log(f"could not report the task as {state}: {type(e).__name__}: {e}", "error")
             return None
+
+
+def _who(ti: Any) -> dict[str, Any]:
+    """What ``--runs`` tells operators about a run: this computer, the task, the Windows user."""
+    from winexec.agent.hostinfo import user_name
+    from winexec.agent.hostlog import computer_name
+
+    index = "" if ti.map_index in (None, -1) else f"[{ti.map_index}]"
+    return {
+        "computer": computer_name(),
+        "task": f"{ti.dag_id}.{ti.task_id}{index} {ti.run_id}",
+        "principal": user_name(),
+    }
 
 
 _FORWARDED_LEVELS = {"warning", "warn", "error", "critical", "exception", "fatal"}
@@ -425,14 +440,26 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--self-check", action="store_true", help="print one JSON line about this host")
     mode.add_argument("--status", metavar="RUN_ID", help="print the state of a run on this host")
     mode.add_argument("--stop", metavar="RUN_ID", help="stop a run on this host")
+    mode.add_argument("--runs", action="store_true", help="print the winexec runs active on this host")
+    mode.add_argument(
+        "--read-log", action="store_true", help="print one page of a task log (request on stdin)"
+    )
     parser.add_argument("--wait", type=float, default=30.0, help="seconds --stop waits for the run to end")
     args = parser.parse_args(argv)
 
-    if args.self_check or args.status or args.stop:
+    if args.self_check or args.status or args.stop or args.runs or args.read_log:
         if args.self_check:
             from winexec.agent.hostinfo import self_check
 
             out = self_check()
+        elif args.runs:
+            from winexec.agent.hostlog import active_runs
+
+            out = active_runs()
+        elif args.read_log:
+            from winexec.agent.hostlog import read_log, read_request
+
+            out = read_log(read_request())
         elif args.status:
             out = _status(args.status)
         else:

@@ -70,8 +70,13 @@ def _key(ti_id: str, try_number: int) -> str:
     return f"{safe}.try{int(try_number)}"
 
 
-def claim(ti_id: str, try_number: int, run_id: str, base: Path | None = None) -> tuple[Marker, bool]:
-    """Create the marker for this try; return ``(marker, True)`` or ``(existing, False)``."""
+def claim(
+    ti_id: str, try_number: int, run_id: str, base: Path | None = None, extra: dict[str, Any] | None = None
+) -> tuple[Marker, bool]:
+    """Create the marker for this try; return ``(marker, True)`` or ``(existing, False)``.
+
+    ``extra`` (which computer, which task, as whom) is for ``--runs``, what operators see.
+    """
     base = base or spool_dir()
     _cleanup(base)
     path = base / f"{_key(ti_id, try_number)}.json"
@@ -83,6 +88,7 @@ def claim(ti_id: str, try_number: int, run_id: str, base: Path | None = None) ->
         "task_pid": None,
         "started": time.time(),
         "state": "starting",
+        **(extra or {}),
     }
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

@@ -10,6 +10,7 @@ without Airflow too (tools, tests), so ``Stats`` is imported on first use and mi
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,13 @@ ALL = (
 
 
 def _stats() -> Any:
+    """Airflow's ``Stats`` if this process runs Airflow; the ticket layer alone never imports it.
+
+    (Importing Airflow takes seconds; a renewal thread must not pay that in a process that has
+    no metrics backend anyway.)
+    """
+    if "airflow" not in sys.modules:
+        return None
     try:
         from airflow.observability.stats import Stats
     except ImportError:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.executors.base_executor import BaseExecutor
 
-from winexec import protocol
+from winexec import metrics, protocol
 from winexec.config import HostSpec, Settings, load, reread_hosts
 from winexec.identity import Identity, IdentityError, TaskFacts, resolve
 from winexec.launcher import (
@@ -261,6 +261,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         if now - self._last_sweep >= SWEEP_INTERVAL:
             self._last_sweep = now
             self._sweep(now)
+            metrics.pool_gauges(self._hosts(), now, [r.live.last_heartbeat for r in self._live_records()])
         if now >= self._next_refresh and not self._refreshing:
             self._refreshing = True
             self._submit(self._job_refresh_hosts, None)
@@ -335,6 +336,7 @@ class WindowsKerberosExecutor(BaseExecutor):
     ) -> None:
         s = self._s()
         assert self.tickets is not None
+        began = time.monotonic()
         min_life = None
         if start.execution_timeout:
             min_life = start.execution_timeout + start.grace
@@ -347,6 +349,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             reason = f"launch crashed: {e!r}".replace(start.workload.get("token") or "\0", "***")
             self._results.put(("launch_failed", key, AgentFailure(reason)))
         else:
+            metrics.launched(host.name, time.monotonic() - began)
             self._results.put(("launched", key, (session, self._clock())))
 
     def _ensure_principal(self, principal: str) -> None:
@@ -494,6 +497,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         host = rec.host.name
         pool.release(host)
         rec.host = None
+        metrics.incr(metrics.LAUNCH_FAILURES, host=host, cause=err.kind)
         if rec.revoked:
             self._forget(rec)
             return
@@ -501,6 +505,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             pool.host_full(host)
             rec.excluded.add(host)
             rec.attempt -= 1  # a full host is not the task's failed attempt
+            metrics.incr(metrics.RETRIES, cause=err.kind)
             self._schedule(rec, FULL_RETRY if len(rec.excluded) >= len(pool.hosts) else 0.0)
             return
         if err.host_fault:
@@ -512,6 +517,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         self.log.warning("winexec: launch %d of %s on %s failed: %s", rec.attempt, rec.key, host, err.reason)
         if err.transient and rec.attempt < s.launch_attempts:
             delay = min(s.launch_backoff * 2 ** (rec.attempt - 1), s.launch_backoff_max)
+            metrics.incr(metrics.RETRIES, cause=err.kind)
             self._schedule(rec, delay)
             return
         tries = f" after {rec.attempt} attempt(s)" if rec.attempt > 1 else ""
@@ -682,6 +688,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             )
             if verdict is None:
                 continue
+            metrics.incr(metrics.HUNG_STOPPED, verdict=verdict.kind)
             self.log.error("winexec: %s is %s: %s; stopping it", rec.key, verdict.kind, verdict.reason)
             if not rec.revoked and not rec.reported:
                 self._write_reason(rec, [f"winexec: {verdict.reason}"], only_if_exists=rec.started)
@@ -695,7 +702,7 @@ class WindowsKerberosExecutor(BaseExecutor):
     # -- endings ------------------------------------------------------------------------------
     def _done(self, rec: TaskRecord, stop_session: bool = False) -> None:
         if stop_session and rec.session is not None and not rec.session.closed:
-            self._submit(_close_quietly, rec.session)
+            self._submit(_close_quietly, rec.session, rec.log_path if rec.started else None)
         rec.session = None
         self._forget(rec)
 
@@ -900,7 +907,25 @@ class WindowsKerberosExecutor(BaseExecutor):
         self._next_job(rec)
 
     def get_task_log(self, ti: TaskInstance, try_number: int) -> tuple[list[str], list[str]]:
-        return [], []
+        """A running task's log, read from its Windows host over the task's own channel.
+
+        Airflow calls this in the api-server, on an executor that was never started; see
+        :mod:`winexec.tasklog`.
+        """
+        from winexec.tasklog import read_task_log
+
+        return read_task_log(self, ti, try_number)
+
+    @staticmethod
+    def get_cli_commands() -> list[Any]:
+        """``airflow winexec hosts|check|tickets`` (:mod:`winexec.cli`)."""
+        from winexec.cli import get_cli_commands
+
+        return list(get_cli_commands())
+
+    def _live_records(self) -> list[Any]:
+        """Running records the watchdog has timing for (for the heartbeat-lag metric)."""
+        return [r for r in self.records.values() if r.live is not None and r.phase is Phase.RUNNING]
 
     # -- introspection for tests and the CLI --------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -921,7 +946,12 @@ def _level(name: str) -> int:
     return level if isinstance(level, int) else logging.INFO
 
 
-def _close_quietly(session: TaskSession) -> None:
+def _close_quietly(session: TaskSession, log_path: str | None = None) -> None:
+    """Close a finished task's shell; first copy its log here if only the host has it (tasklog)."""
+    if log_path:
+        from winexec.tasklog import collect_log
+
+        collect_log(session, log_path)
     session.close()
 
 

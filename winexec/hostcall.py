@@ -77,7 +77,7 @@ class HostChannel:
         ps.add_cmdlet(python).add_argument("-m").add_argument("winexec.agent").add_argument(mode)
         line = json.dumps(request, ensure_ascii=True) if request is not None else None
         try:
-            ps.invoke(input=iter([line]) if line is not None else None)
+            ps.invoke(input=[line] if line is not None else None)  # type: ignore[arg-type]  # a list is fine
         except Exception as e:
             raise classify(e, self.host, self.principal) from e
         errors = [str(getattr(r, "message", None) or r) for r in ps.streams.error]

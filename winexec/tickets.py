@@ -40,6 +40,8 @@ import krb5
 import spnego
 import tenacity
 
+from winexec import metrics
+
 __all__ = [
     "AccountDisabledError",
     "ClockSkewError",
@@ -740,6 +742,7 @@ class TicketStore:
             raise error_from_krb5(entry.principal, exc, keytab=entry.keytab) from None
         with self._counter_lock:
             self._acquisitions += 1
+        metrics.incr(metrics.TICKET_ACQUISITIONS, principal=entry.principal)
         self._record_success(entry, creds, "acquired a fresh TGT from the keytab")
 
     def _renew(self, entry: _Entry) -> None:
@@ -753,6 +756,7 @@ class TicketStore:
             raise error_from_krb5(entry.principal, exc, keytab=entry.keytab) from None
         with self._counter_lock:
             self._renewals += 1
+        metrics.incr(metrics.TICKET_RENEWALS, principal=entry.principal)
         self._record_success(entry, creds, "renewed the TGT")
 
     def _store(self, ctx: krb5.Context, entry: _Entry, client: krb5.Principal, creds: krb5.Creds) -> None:
@@ -797,6 +801,7 @@ class TicketStore:
     def _record_failure(self, entry: _Entry, exc: TicketError) -> None:
         with self._counter_lock:
             self._failures += 1
+        metrics.incr(metrics.TICKET_RENEWAL_FAILURES, principal=entry.principal)
         entry.failures += 1
         entry.last_error = str(exc)
         delay = float(self._backoff(_backoff_state(entry.failures)))

@@ -538,9 +538,11 @@ class WindowsKerberosExecutor(BaseExecutor):
                 got_heartbeat = True
                 rec.started = True
                 if rec.execution_timeout is not None:
-                    # the agent times the task from its start; this is the backstop behind it
+                    # the agent times the task from its execute(); this is the backstop behind it,
+                    # allowing start_timeout for the task process to get there
                     s = self._s()
                     slack = s.execution_timeout_grace + 2 * s.heartbeat_interval + s.poll_timeout
+                    slack += s.start_timeout
                     rec.live.deadline = at + rec.execution_timeout + slack
                 self.log.info(
                     "winexec: %s started on %s pid %s as %s (delegated=%s)",

@@ -40,6 +40,7 @@ from winexec.protocol import (
 
 if TYPE_CHECKING:
     import subprocess
+    from pathlib import Path
 
     from winexec.agent.containment import Containment
     from winexec.agent.coordinator import WinexecActivitySubprocess
@@ -68,6 +69,8 @@ class AgentRun:
         self.containment: Containment | None = None
         self.process: WinexecActivitySubprocess | None = None
         self.started_at: float | None = None
+        self.executing_at: float | None = None  # when the task's execute() began
+        self.running_file: Path | None = None
         self.last_keepalive = time.monotonic()
         self.stop_state: ExitState | None = None
         self.stop_reason = ""
@@ -107,7 +110,7 @@ class AgentRun:
         from winexec.agent.hostinfo import delegated_tgt, host_name, user_name
 
         self.process = process
-        self.started_at = time.monotonic()  # execution_timeout runs from here, as in Airflow
+        self.started_at = time.monotonic()
         delegated, _ = delegated_tgt()
         self.sink.emit(
             Started(
@@ -156,8 +159,10 @@ class AgentRun:
                 next_heartbeat = now + max(s.heartbeat_interval, 0.1)
             if s.keepalive_timeout > 0 and now - self.last_keepalive > s.keepalive_timeout:
                 self.request_stop("orphaned", f"no keepalive from the executor for {s.keepalive_timeout:g} s")
-            if s.execution_timeout is not None and self.started_at is not None:
-                if now - self.started_at > s.execution_timeout:
+            if self.executing_at is None and self.running_file is not None and self.running_file.exists():
+                self.executing_at = now  # execute() began: execution_timeout runs from here, as in Airflow
+            if s.execution_timeout is not None and self.executing_at is not None:
+                if now - self.executing_at > s.execution_timeout:
                     self.request_stop("timeout", f"execution_timeout of {s.execution_timeout:g} s exceeded")
             if now >= next_poll:
                 next_poll = now + 0.5
@@ -216,6 +221,9 @@ class AgentRun:
         from winexec.agent.events import redirect_stdout
 
         redirect_stdout(marker.log_path)
+        self.running_file = marker.log_path.with_suffix(".running")
+        self.running_file.unlink(missing_ok=True)
+        os.environ["WINEXEC_RUNNING_FILE"] = str(self.running_file)  # for the task process (runner)
         _configure_agent_logging(marker.log_path, self)
 
         from airflow.sdk.configuration import conf

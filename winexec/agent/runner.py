@@ -36,6 +36,28 @@ def _bind_comms(sock: socket.socket) -> None:
     task_runner.CommsDecoder = _BoundDecoder  # type: ignore[misc,assignment]
 
 
+def _flag_execution_start() -> None:
+    """Touch ``WINEXEC_RUNNING_FILE`` as the task's ``execute()`` begins.
+
+    Airflow times ``execution_timeout`` from ``execute()``, not from process start: the agent
+    starts its clock when this file appears, so a slow start (imports, DAG parsing on a busy
+    host) does not eat the task's budget.
+    """
+    flag = os.environ.get("WINEXEC_RUNNING_FILE")
+    if not flag:
+        return
+    from airflow.sdk.execution_time import task_runner
+
+    original = task_runner._execute_task
+
+    def _execute_task(*args: Any, **kwargs: Any) -> Any:
+        with contextlib.suppress(OSError):
+            open(flag, "ab").close()
+        return original(*args, **kwargs)
+
+    task_runner._execute_task = _execute_task
+
+
 def _say_where() -> None:
     """First line of the task's log: which host and which Windows identity (and principal) ran it."""
     import structlog
@@ -72,6 +94,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     configure_logging(json_output=True, output=log_io, sending_to_supervisor=True)
     _bind_comms(comm)
     _say_where()
+    _flag_execution_start()
 
     code = 0
     try:

@@ -44,6 +44,7 @@ from winexec.launcher import (
     open_session,
     python_missing_reason,
     reattach_session,
+    retry_delay,
 )
 from winexec.pool import HostPool
 from winexec.watchdog import Liveness, judge
@@ -498,6 +499,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         pool.release(host)
         rec.host = None
         metrics.incr(metrics.LAUNCH_FAILURES, host=host, cause=err.kind)
+        rec.last_error = err.reason
         if rec.revoked:
             self._forget(rec)
             return
@@ -516,7 +518,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             rec.excluded.add(host)
         self.log.warning("winexec: launch %d of %s on %s failed: %s", rec.attempt, rec.key, host, err.reason)
         if err.transient and rec.attempt < s.launch_attempts:
-            delay = min(s.launch_backoff * 2 ** (rec.attempt - 1), s.launch_backoff_max)
+            delay = retry_delay(rec.attempt, s.launch_backoff, s.launch_backoff_max)
             metrics.incr(metrics.RETRIES, cause=err.kind)
             self._schedule(rec, delay)
             return
@@ -579,9 +581,20 @@ class WindowsKerberosExecutor(BaseExecutor):
         assert rec.live is not None and rec.host is not None
         rec.live.poll_failed()
         rec.last_error = err.reason
+        if err.kind == "shell_gone":
+            # the agent died with its shell (host rebooted): no heartbeat will ever come
+            reason = f"{err.reason}; the task's try ended there"
+            self.log.error("winexec: %s failed: %s", rec.key, reason)
+            if not rec.revoked and not rec.reported:
+                self._write_reason(rec, [f"winexec: {reason}"], only_if_exists=rec.started)
+                self._fail(rec, reason)
+            self._done(rec, stop_session=True)
+            return
         if rec.live.poll_failures in (1, 10) or rec.live.poll_failures % 100 == 0:
             self.log.warning("winexec: polling %s on %s failed: %s", rec.key, rec.host.name, err.reason)
-        self._next_job(rec, delay=min(2.0 ** min(rec.live.poll_failures, 4), 10.0))
+        # the first retry comes soon (a dropped connection is repaired by reattaching, a rebooted
+        # host is told by its missing shell), later ones back off
+        self._next_job(rec, delay=min(0.5 * 2.0 ** min(rec.live.poll_failures - 1, 5), 10.0))
 
     def _on_stopped(self, rec: TaskRecord, result: PollResult) -> None:
         outcome = next((m for m in result.messages if isinstance(m, protocol.Exit)), None)

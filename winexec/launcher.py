@@ -34,8 +34,12 @@ for _name in ("pypsrp.messages", "pypsrp.wsman", "pypsrp.serializer", "pypsrp.sh
 #: WS-Man faults meaning "this host is at a WinRM quota": try another host, not a task failure.
 QUOTA_FAULT_CODES = frozenset(range(0x803381A4, 0x803381B3))
 OPERATION_TIMEOUT_CODE = 0x80338029
+#: ERROR_WSMAN_SHELL_NOT_FOUND (2150858843): the shell, and the agent in it, no longer exists.
+SHELL_NOT_FOUND_CODE = 0x8033805B
 
-FailureKind = Literal["unreachable", "full", "auth", "python_missing", "ticket", "agent", "protocol"]
+FailureKind = Literal[
+    "unreachable", "full", "auth", "clock_skew", "python_missing", "ticket", "agent", "protocol", "shell_gone"
+]
 
 
 class LaunchError(Exception):
@@ -70,6 +74,18 @@ class AuthDenied(LaunchError):
     kind = "auth"
 
 
+class ClockSkew(LaunchError):
+    """The host's clock is too far from the KDC's: every Kerberos logon to it fails until fixed.
+
+    A fault of that host (its circuit counts it) that another host does not have, so the launch
+    is retried elsewhere; it never heals by retrying the same host soon.
+    """
+
+    kind = "clock_skew"
+    transient = True
+    host_fault = True
+
+
 class PythonMissing(LaunchError):
     kind = "python_missing"
 
@@ -84,6 +100,13 @@ class TicketFailure(LaunchError):
 
 class AgentFailure(LaunchError):
     kind = "agent"
+
+
+class ShellGone(LaunchError):
+    """The run's WinRM shell no longer exists on the host (reboot, shell closed): its agent and
+    task process died with it. Definitive for that run; nothing to retry or wait for."""
+
+    kind = "shell_gone"
 
 
 class CredentialStore(Protocol):
@@ -149,6 +172,11 @@ def classify(exc: BaseException, host: HostSpec, principal: str) -> LaunchError:
         )
     if isinstance(exc, WSManFaultError):
         code = exc.code if isinstance(exc.code, int) else -1
+        if code == SHELL_NOT_FOUND_CODE:
+            return ShellGone(
+                f"the WinRM shell of this run is gone from {host.name} (the host rebooted or the shell "
+                "was closed), and the task's processes with it"
+            )
         if code in QUOTA_FAULT_CODES or "quota" in text.lower():
             return HostFull(f"{where} is at a WinRM quota: {exc.reason}")
         return HostUnreachable(f"WS-Management fault from {where}: {exc.reason or text}")
@@ -158,6 +186,22 @@ def classify(exc: BaseException, host: HostSpec, principal: str) -> LaunchError:
     if spnego_error is not None:
         return spnego_error
     return AgentFailure(f"unexpected error talking to {where}: {type(exc).__name__}: {text[:300]}")
+
+
+def retry_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Seconds before launch attempt ``attempt + 1``: exponential backoff with jitter (tenacity).
+
+    ``initial * 2 ** (attempt - 1)`` plus up to ``initial`` of random jitter, capped at
+    ``maximum``; the jitter keeps tasks that failed together (a host or the KDC went down) from
+    coming back in lock-step. The executor waits on a timer, not in a thread, so only tenacity's
+    wait strategy is used, not its blocking retry loop.
+    """
+    import tenacity
+
+    wait = tenacity.wait_exponential_jitter(initial=initial, max=maximum, exp_base=2, jitter=initial)
+    state = tenacity.RetryCallState(retry_object=tenacity.Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = max(1, attempt)
+    return float(wait(state))
 
 
 def _ticket_error(exc: BaseException) -> LaunchError | None:
@@ -184,6 +228,12 @@ def _spnego_error(exc: BaseException, host: HostSpec, principal: str) -> LaunchE
     low = text.lower()
     if "cannot contact any kdc" in low or "cannot find kdc" in low or ("kdc" in low and "reach" in low):
         return TicketFailure(f"Kerberos: {text}", transient=True)
+    if "clock skew" in low:
+        return ClockSkew(
+            f"the clock of {host.name} differs from the KDC's by more than the allowed skew (Kerberos: "
+            "clock skew too great), so no one can log on to it: sync its time with the domain "
+            "(w32tm /resync); other hosts are tried meanwhile"
+        )
     if "not found in kerberos database" in low and "server" in low:
         # the SPN of this host is missing: another host may be fine
         err = HostUnreachable(f"Kerberos has no service principal HTTP/{host.name}: register the SPN")
@@ -211,6 +261,10 @@ class TaskSession:
         self._ps: Any = None
         self.opened_at: float | None = None
         self.closed = False
+        #: the run this session drives (set by ``open``/``reattach``); a broken connection is
+        #: repaired by reattaching to the run's shell with a fresh client
+        self.run_id: str | None = None
+        self.reconnects = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     def _wsman(self) -> Any:
@@ -250,6 +304,7 @@ class TaskSession:
             if shell_id:
                 pool.id = pool.shell.id = shell_id
             pool.open()
+            self.run_id = start.run_id
             ps = PowerShell(self._pool)
             ps.add_cmdlet(s.python).add_argument("-m").add_argument("winexec.agent")
             self._ps = ps
@@ -261,19 +316,61 @@ class TaskSession:
 
     def send(self, msg: protocol.Message) -> None:
         """Write one protocol line to the agent's stdin (keepalive, stop)."""
+        try:
+            self._send(msg)
+        except Exception as e:
+            err = classify(e, self.host, self.principal)
+            if not self._reconnect(err):
+                raise err from e
+            try:
+                self._send(msg)
+            except Exception as e2:
+                raise classify(e2, self.host, self.principal) from e2
+
+    def _send(self, msg: protocol.Message) -> None:
         from pypsrp.messages import PipelineInput
 
         pool, ps = self._pool, self._ps
         if pool is None or ps is None:
             return
+        frags = pool._fragmenter.fragment_multiple(
+            [PipelineInput(data=msg.to_line().rstrip("\n"))], pool.id, ps.id
+        )
+        for frag in frags:
+            pool.shell.send("stdin", frag, command_id=ps._command_id)
+
+    def _reconnect(self, err: LaunchError) -> bool:
+        """After a broken connection, reattach to the run's shell with a fresh client.
+
+        pypsrp cannot go on over a connection that broke mid-request (its message encryption
+        belonged to that connection), but the shell and the agent in it live on on the host, as
+        on Windows. Output the agent wrote meanwhile is buffered there and comes with the next
+        poll. Returns whether the session works again; raises :class:`ShellGone` when the host
+        answers but the run's shell is no longer there (rebooted).
+        """
+        # a broken connection shows as "unreachable", or -- on a new TCP connection, where the
+        # host no longer knows the old security context -- as a 401 ("auth") or an undecryptable
+        # answer ("agent"); a fresh client logs on again. Quota, ticket and shell-gone answers
+        # are real answers.
+        if err.kind not in ("unreachable", "auth", "agent") or not self.run_id or self.closed:
+            return False
+        old = (self._pool, self._ps)
+        self._pool = self._ps = None
         try:
-            frags = pool._fragmenter.fragment_multiple(
-                [PipelineInput(data=msg.to_line().rstrip("\n"))], pool.id, ps.id
-            )
-            for frag in frags:
-                pool.shell.send("stdin", frag, command_id=ps._command_id)
-        except Exception as e:
-            raise classify(e, self.host, self.principal) from e
+            self.reattach(self.run_id)
+        except LaunchError as e:
+            self.closed = False  # reattach gave up on its own new client, not on the session
+            self._pool, self._ps = old
+            if isinstance(e, AgentFailure) and "no shell of run" in e.reason:
+                raise ShellGone(
+                    f"the WinRM shell of this run is gone from {self.host.name} (the host rebooted or "
+                    "the shell was closed), and the task's processes with it"
+                ) from e
+            log.info("reconnecting to run %s on %s failed: %s", self.run_id, self.host.name, e.reason)
+            return False
+        self.reconnects += 1
+        log.warning("run %s on %s: connection lost (%s); reattached", self.run_id, self.host.name, err.reason)
+        return True
 
     def poll(self, timeout: int) -> PollResult:
         """One WS-Man Receive (waits up to ``timeout`` s on the host when there is no output)."""
@@ -288,7 +385,10 @@ class TaskSession:
             if ps.state == PSInvocationState.RUNNING:
                 ps.poll_invoke(timeout=timeout)
         except Exception as e:
-            raise classify(e, self.host, self.principal) from e
+            err = classify(e, self.host, self.principal)
+            if not self._reconnect(err):
+                raise err from e
+            return result  # reattached: what the agent wrote meanwhile comes with the next poll
         self._drain(result)
         if ps.state != PSInvocationState.RUNNING:
             result.finished = True
@@ -393,6 +493,7 @@ class TaskSession:
             ps = pipelines[0]
             ps.connect_async()
             self._pool, self._ps = pool, ps
+            self.run_id = run_id
             self.opened_at = time.monotonic()
         except Exception as e:
             self._abandon()

@@ -1,0 +1,452 @@
+"""The fault suite: the real executor class against real ``winexec.sim`` hosts, a real MIT KDC, the
+unmodified pypsrp client, the real agent and a real Airflow api-server (Execution API).
+
+One realm, three hosts and one api-server serve the whole module. Each test builds its own
+:class:`WindowsKerberosExecutor` (``start()`` with short timeouts), queues real ``ExecuteTask``
+workloads (made the way the scheduler makes them), drives ``heartbeat()`` in a loop, injects a
+fault and asserts the exact outcome:
+
+* the final state of every task in the executor's event buffer, and the reason of a failure;
+* how many times each try really started, from the ledger the DAG's task writes on its first
+  line (``tests/fault_dags``) and from the agents' own run markers (per-host spool): never two;
+* nothing left running on the hosts, and the executor's threads back to their baseline.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from winexec.config import HostSpec, Settings
+from winexec.executor import WindowsKerberosExecutor
+from winexec.sim import SimCluster
+from winexec.sim.cluster import SimHost
+from winexec.sim.kdc import Realm
+from winexec.sim.testing import running_cluster
+from winexec.testing.airflow_stack import AirflowStack
+from winexec.tickets import TicketStore
+
+DAG_ID = "winexec_faults"
+TASK_ID = "work"
+DAGS = Path(__file__).resolve().parent / "fault_dags"
+HOSTS = 3
+SLOTS = 2
+
+
+@dataclass
+class World:
+    realm: Realm
+    cluster: SimCluster
+    stack: AirflowStack
+    python: Path
+    ledger: Path
+    spool: Path
+    settings: Settings
+    made: list[WindowsKerberosExecutor] = field(default_factory=list)
+
+    # -- hosts -------------------------------------------------------------------------------
+    def sim(self, i: int) -> SimHost:
+        return self.cluster.hosts[i]
+
+    def spec(self, i: int) -> HostSpec:
+        h = self.cluster.hosts[i]
+        return HostSpec(h.name, "http", h.http_port, SLOTS, h.address)
+
+    def reset_faults(self) -> None:
+        for h in self.cluster.hosts:
+            h.faults.stall(0)
+            h.faults.refuse(False)
+            h.faults.clock_skew(0)
+            if not h.listening:
+                h.faults.up()
+            h.quotas.MaxShellsPerUser = 30
+        if not self.realm.kdc_running:
+            self.realm.start_kdc()
+
+    # -- the executor ------------------------------------------------------------------------
+    def executor(self, **overrides: Any) -> WindowsKerberosExecutor:
+        ex = WindowsKerberosExecutor(parallelism=64)
+        ex.settings = replace(self.settings, **overrides)
+        keytabs = {
+            self.realm.principal(p): str(self.realm.keytab_path(self.realm.principal(p)))
+            for p in ("airflow", "alice")
+        }
+        store = TicketStore(keytabs)
+        store.start()
+        ex.tickets = store
+        ex.start()
+        self.made.append(ex)
+        return ex
+
+    # -- tasks -------------------------------------------------------------------------------
+    def submit(
+        self, ex: WindowsKerberosExecutor, n: int = 1, conf: dict[str, Any] | None = None
+    ) -> list[Any]:
+        """Trigger ``n`` runs and hand their ``work`` task to the executor as the scheduler does."""
+        from airflow.executors.workloads import ExecuteTask
+
+        runs = [self.stack.trigger(DAG_ID, conf=conf) for _ in range(n)]
+        workloads = [ExecuteTask.model_validate(w) for w in queue_workloads(self.stack, runs)]
+        for w in workloads:
+            ex.queued_tasks[w.ti.key] = w
+        return workloads
+
+    def starts(self) -> collections.Counter[tuple[str, int]]:
+        """How often each (dag run, try) of ``work`` really started, from the task's own ledger."""
+        counts: collections.Counter[tuple[str, int]] = collections.Counter()
+        if self.ledger.exists():
+            for line in self.ledger.read_text().splitlines():
+                e = json.loads(line)
+                counts[(e["run_id"], e["try"])] += 1
+        return counts
+
+    def markers(self, ti_id: str) -> list[dict[str, Any]]:
+        """The agents' run markers of one task instance, over all hosts' spools."""
+        safe = "".join(c for c in ti_id if c.isalnum() or c == "-")
+        out = []
+        for path in sorted(self.spool.glob(f"*/{safe}.try*.json")):
+            out.append({**json.loads(path.read_text()), "host": path.parent.name})
+        return out
+
+    def agents_running(self) -> list[dict[str, Any]]:
+        return [p for h in self.cluster.hosts for p in h.processes()]
+
+
+def queue_workloads(stack: AirflowStack, runs: list[str]) -> list[dict[str, Any]]:
+    """Queue ``work`` of each run in one subprocess (airflow-core with the stack's configuration)."""
+    code = (
+        "import json, sys\n"
+        "from winexec.testing.airflow_stack import _queue_workload\n"
+        "for run in json.loads(sys.argv[1]):\n"
+        f"    print(json.dumps(_queue_workload({DAG_ID!r}, run, {TASK_ID!r}, -1)))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(runs)],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+
+
+def _host_python(path: Path, env: dict[str, str], spool: Path) -> Path:
+    """The interpreter "installed on every host"; each host keeps its run markers in its own spool."""
+    exports = "".join(f"export {k}='{v}'\n" for k, v in env.items())
+    path.write_text(
+        f"#!/bin/sh\n{exports}export WINEXEC_SPOOL='{spool}'/\"$COMPUTERNAME\"\n"
+        f"exec '{sys.executable}' \"$@\"\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("faults")
+    dags = tmp / "dags"
+    dags.mkdir()
+    shutil.copy(DAGS / "winexec_faults_dag.py", dags)
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "AIRFLOW__LOGGING__BASE_LOG_FOLDER")
+    }
+    with (
+        running_cluster(tmp / "realm", HOSTS, ("airflow", "alice"), windows_like=True) as (realm, cluster),
+        AirflowStack(dags) as stack,
+    ):
+        env = stack.agent_env(tmp / "host-home")
+        host_env = {k: env[k] for k in env if k.startswith("AIRFLOW")}
+        host_env["AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT"] = "60"  # a loaded test machine is slow
+        ledger = tmp / "ledger.jsonl"
+        host_env["WINEXEC_FAULTS_LEDGER"] = str(ledger)
+        spool = tmp / "spool"
+        python = _host_python(tmp / "host-python", host_env, spool)
+        # what the scheduler's airflow.cfg would say: where tasks reach the API, where logs go
+        os.environ["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = stack.execution_api_url
+        os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(stack.log_folder)
+        hosts = tuple(HostSpec(h.name, "http", h.http_port, SLOTS, h.address) for h in cluster.hosts)
+        settings = Settings(
+            hosts=hosts,
+            default_principal=realm.principal("airflow"),
+            python=str(python),
+            connect_timeout=3,
+            operation_timeout=2,
+            read_timeout=6,
+            poll_timeout=1,
+            io_workers=8,
+            heartbeat_interval=1.0,
+            missed_heartbeats=6,
+            start_timeout=120.0,
+            keepalive_timeout=12.0,
+            execution_timeout_grace=2.0,
+            launch_attempts=4,
+            launch_backoff=0.5,
+            launch_backoff_max=2.0,
+            host_failure_threshold=2,
+            host_cooldown=3.0,
+            host_refresh_interval=3600.0,
+        )
+        w = World(realm, cluster, stack, python, ledger, spool, settings)
+        try:
+            yield w
+        finally:
+            for ex in w.made:
+                ex.terminate()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+@pytest.fixture
+def w(world: World) -> Iterator[World]:
+    """Per test: faults cleared before and after, and every executor it made shut down and counted."""
+    world.reset_faults()
+    baseline = _scheduler_side_threads()
+    made = len(world.made)
+    yield world
+    for ex in world.made[made:]:
+        ex.terminate()
+    world.reset_faults()
+    _wait(lambda: not world.agents_running(), 60, lambda: f"left running: {world.agents_running()}")
+    _wait(
+        lambda: _scheduler_side_threads() <= baseline,
+        30,
+        lambda: f"threads left: {sorted(t.name for t in threading.enumerate() if t.ident not in baseline)}",
+    )
+
+
+def _scheduler_side_threads() -> set[int]:
+    return {t.ident or 0 for t in threading.enumerate() if not _is_sim_thread(t)}
+
+
+def _is_sim_thread(t: threading.Thread) -> bool:
+    """Threads of the stand-in hosts (servers, process pipes) that share this test process."""
+    if t.name.startswith(("winrm-", "sim-")):
+        return True
+    target = getattr(t, "_target", None)
+    owner = getattr(target, "__self__", None)  # e.g. a sim server's process_request_thread
+    module = getattr(target, "__module__", "") or ""
+    return module.startswith("winexec.sim") or type(owner).__module__.startswith("winexec.sim")
+
+
+def _wait(cond: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(what())
+        time.sleep(0.2)
+
+
+def drive(
+    ex: WindowsKerberosExecutor,
+    until: Callable[[dict[Any, Any]], bool],
+    timeout: float = 240.0,
+    step: Callable[[dict[Any, Any]], None] | None = None,
+) -> dict[Any, Any]:
+    """Run the executor as the scheduler loop does; return every key's last (state, info)."""
+    events: dict[Any, Any] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ex.heartbeat()
+        for key, (state, info) in ex.get_event_buffer().items():
+            events[key] = (str(state), info)
+        if step is not None:
+            step(events)
+        if until(events):
+            return events
+        time.sleep(0.05)
+    raise AssertionError(f"timed out: events {events}, records {ex.describe()}")
+
+
+def finished(keys: list[Any]) -> Callable[[dict[Any, Any]], bool]:
+    return lambda ev: all(ev.get(k, ("",))[0] in ("success", "failed") for k in keys)
+
+
+def running_on(ex: WindowsKerberosExecutor, key: Any) -> str | None:
+    rec = ex.records.get(key)
+    return rec.host.name if rec is not None and rec.host is not None and rec.started else None
+
+
+def _idx(w: World, name: str) -> int:
+    return next(i for i, h in enumerate(w.cluster.hosts) if h.name == name)
+
+
+# -- the scenarios ---------------------------------------------------------------------------------
+def test_baseline_tasks_run_once_each(w: World) -> None:
+    ex = w.executor()
+    wls = w.submit(ex, 3)
+    keys = [x.ti.key for x in wls]
+    events = drive(ex, finished(keys))
+    assert [events[k][0] for k in keys] == ["success"] * 3
+    starts = w.starts()
+    assert [starts[(k.run_id, k.try_number)] for k in keys] == [1, 1, 1]
+    for x in wls:
+        (marker,) = w.markers(str(x.ti.id))
+        assert marker["state"] == "success"
+    assert not ex.records and not ex.running
+
+
+def test_host_killed_mid_task_fails_it_once_with_the_reason(w: World) -> None:
+    ex = w.executor()
+    (x,) = w.submit(ex, 1, {"sleep": 120})
+    key = x.ti.key
+    drive(ex, lambda ev: running_on(ex, key) is not None and w.starts()[(key.run_id, key.try_number)] == 1)
+    host = running_on(ex, key)
+    assert host is not None
+    w.sim(_idx(w, host)).faults.down()
+    events = drive(ex, finished([key]))
+    state, reason = events[key]
+    assert state == "failed"
+    assert f"no heartbeat from {host}" in reason and "host unreachable" in reason
+    drive(ex, lambda ev: not ex.records, timeout=60)
+    assert w.starts()[(key.run_id, key.try_number)] == 1  # not relaunched elsewhere
+    assert len(w.markers(str(x.ti.id))) == 1
+
+
+def test_host_rebooted_mid_task_fails_it_once_with_the_reason(w: World) -> None:
+    ex = w.executor()
+    (x,) = w.submit(ex, 1, {"sleep": 120})
+    key = x.ti.key
+    drive(ex, lambda ev: running_on(ex, key) is not None and w.starts()[(key.run_id, key.try_number)] == 1)
+    host = running_on(ex, key)
+    assert host is not None
+    w.sim(_idx(w, host)).faults.reboot()  # back up at once, but its shells and processes are gone
+    events = drive(ex, finished([key]))
+    state, reason = events[key]
+    assert state == "failed"
+    assert f"the WinRM shell of this run is gone from {host} (the host rebooted" in reason, reason
+    drive(ex, lambda ev: not ex.records, timeout=60)
+    assert w.starts()[(key.run_id, key.try_number)] == 1
+    assert len(w.markers(str(x.ti.id))) == 1
+
+
+def test_network_stall_longer_than_the_heartbeat_timeout(w: World) -> None:
+    ex = w.executor()
+    (x,) = w.submit(ex, 1, {"sleep": 120})
+    key = x.ti.key
+    drive(ex, lambda ev: running_on(ex, key) is not None and w.starts()[(key.run_id, key.try_number)] == 1)
+    host = running_on(ex, key)
+    assert host is not None
+    sim = w.sim(_idx(w, host))
+    sim.faults.stall(120)  # every request to the host now hangs far beyond hung_after (6 s)
+    events = drive(ex, finished([key]))
+    state, reason = events[key]
+    assert state == "failed" and f"no heartbeat from {host}" in reason, reason
+    sim.faults.stall(0)  # the network heals: the stop (or the agent's keepalive lapse) ends it
+    drive(ex, lambda ev: not ex.records, timeout=90)
+    _wait(lambda: not sim.processes(), 60, lambda: f"still running on {host}: {sim.processes()}")
+    assert w.starts()[(key.run_id, key.try_number)] == 1
+    (marker,) = w.markers(str(x.ti.id))
+    assert marker["state"] in ("stopped", "orphaned"), marker
+
+
+def test_connection_dropped_mid_receive_is_survived(w: World) -> None:
+    ex = w.executor()
+    (x,) = w.submit(ex, 1, {"sleep": 8})
+    key = x.ti.key
+    drive(ex, lambda ev: running_on(ex, key) is not None and w.starts()[(key.run_id, key.try_number)] == 1)
+    host = running_on(ex, key)
+    assert host is not None
+    w.sim(_idx(w, host)).faults.drop_next_receive()
+    events = drive(ex, finished([key]))
+    assert events[key][0] == "success", events[key]
+    assert events[key][1].startswith(f"{host}|")  # finished where it started
+    assert w.starts()[(key.run_id, key.try_number)] == 1
+    (marker,) = w.markers(str(x.ti.id))
+    assert marker["state"] == "success"
+
+
+def test_kdc_down_during_launch_is_retried_until_it_is_back(w: World) -> None:
+    ex = w.executor(launch_attempts=6)  # TGTs are in hand; service tickets are not
+    w.realm.stop_kdc()
+    (x,) = w.submit(ex, 1)
+    key = x.ti.key
+    attempts: list[int] = []
+
+    def kdc_back_after_two_failed_launches(ev: dict[Any, Any]) -> None:
+        rec = ex.records.get(key)
+        if rec is not None:
+            attempts.append(rec.attempt)
+        if not w.realm.kdc_running and rec is not None and rec.attempt >= 2 and rec.phase.value == "waiting":
+            assert "KDC" in rec.last_error or "kdc" in rec.last_error.lower(), rec.last_error
+            w.realm.start_kdc()
+
+    events = drive(ex, finished([key]), step=kdc_back_after_two_failed_launches)
+    assert events[key][0] == "success", events[key]
+    assert max(attempts) >= 3  # two launches failed on the KDC, a later one worked
+    assert w.starts()[(key.run_id, key.try_number)] == 1
+    assert len(w.markers(str(x.ti.id))) == 1
+    assert ex.pool is not None and all(h.failures == 0 for h in ex.pool.hosts)  # not the hosts' fault
+
+
+def test_clock_skew_on_hosts_moves_the_task_to_a_host_with_a_good_clock(w: World) -> None:
+    w.sim(0).faults.clock_skew(900)
+    w.sim(1).faults.clock_skew(-900)
+    ex = w.executor()
+    (x,) = w.submit(ex, 1)
+    key = x.ti.key
+    events = drive(ex, finished([key]))
+    assert events[key][0] == "success", events[key]
+    assert events[key][1].startswith(f"{w.sim(2).name}|")
+    assert ex.pool is not None
+    assert ex.pool[w.sim(0).name].failures + ex.pool[w.sim(1).name].failures >= 1
+    assert w.starts()[(key.run_id, key.try_number)] == 1
+
+
+def test_clock_skew_everywhere_fails_with_a_clear_reason(w: World) -> None:
+    w.sim(0).faults.clock_skew(900)
+    ex = w.executor(hosts=(w.spec(0),), launch_attempts=2)
+    (x,) = w.submit(ex, 1)
+    key = x.ti.key
+    events = drive(ex, finished([key]))
+    state, reason = events[key]
+    assert state == "failed"
+    assert "clock" in reason.lower() and "w32tm" in reason, reason
+    assert w.starts()[(key.run_id, key.try_number)] == 0  # never started anywhere
+    assert not w.markers(str(x.ti.id))
+
+
+def test_quota_full_on_one_host_goes_elsewhere_without_using_an_attempt(w: World) -> None:
+    w.sim(0).quotas.MaxShellsPerUser = 0  # win01 is first in placement order, and full
+    ex = w.executor(launch_attempts=1)  # a used attempt would fail the task
+    wls = w.submit(ex, 2)
+    keys = [x.ti.key for x in wls]
+    events = drive(ex, finished(keys))
+    assert [events[k][0] for k in keys] == ["success", "success"], events
+    assert not any(events[k][1].startswith(f"{w.sim(0).name}|") for k in keys)
+    assert ex.pool is not None and ex.pool[w.sim(0).name].consecutive_failures == 0
+    assert [w.starts()[(k.run_id, k.try_number)] for k in keys] == [1, 1]
+
+
+def test_all_hosts_down_then_back(w: World) -> None:
+    for h in w.cluster.hosts:
+        h.faults.down()
+    ex = w.executor(launch_attempts=8)
+    wls = w.submit(ex, 2)
+    keys = [x.ti.key for x in wls]
+
+    def back_once_every_host_failed(ev: dict[Any, Any]) -> None:
+        assert ex.pool is not None
+        if not w.sim(0).listening and all(h.failures >= 1 for h in ex.pool.hosts):
+            for h in w.cluster.hosts:
+                h.faults.up()
+
+    events = drive(ex, finished(keys), step=back_once_every_host_failed)
+    assert [events[k][0] for k in keys] == ["success", "success"], events
+    assert [w.starts()[(k.run_id, k.try_number)] for k in keys] == [1, 1]

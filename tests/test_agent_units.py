@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -234,3 +235,26 @@ def test_the_agent_imports_only_the_task_sdk_of_airflow() -> None:
     for path in (REPO / "winexec" / "agent").glob("*.py"):
         for mod in re.findall(r"^\s*(?:from|import) (airflow[\w.]*)", path.read_text(), re.M):
             assert mod.startswith("airflow.sdk"), f"{path.name} imports {mod}"
+
+
+def test_admission_ranks_live_runs_of_this_computer_by_claim_time(tmp_path: Path) -> None:
+    from winexec.agent import spool
+
+    def marker(name: str, started: float, **data: Any) -> spool.Marker:
+        body = {"run_id": name, "started": started, "state": "running", "computer": "WIN01", "agent_pid": 1}
+        body.update(data)
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(body))
+        return spool.Marker(path, body)
+
+    alive = lambda pid, ct=None: pid == 1  # noqa: E731
+    first = marker("a", 1.0)
+    second = marker("b", 2.0)
+    marker("done", 0.5, state="success", finished=3.0)  # finished: frees its slot
+    marker("dead", 0.6, agent_pid=2)  # its agent is gone
+    marker("elsewhere", 0.7, computer="WIN02")  # another host's marker in a shared spool
+    assert spool.admitted(first, 1, alive, tmp_path)
+    assert not spool.admitted(second, 1, alive, tmp_path)
+    assert spool.admitted(second, 2, alive, tmp_path)
+    (tmp_path / "being-written.json").write_text("")  # claimed, not yet written: counts as ahead
+    assert not spool.admitted(first, 1, alive, tmp_path)

@@ -337,6 +337,21 @@ def test_host_full_tries_another_host_without_using_an_attempt(make_executor, tr
     assert ex.pool is not None and ex.pool["win01.t"].consecutive_failures == 0
 
 
+def test_host_side_full_exit_moves_the_task_without_using_an_attempt(make_executor, transport) -> None:  # type: ignore[no-untyped-def]
+    """The agent's own admission (another scheduler holds the host's slots): relaunched elsewhere."""
+    ex = make_executor(launch_attempts=1)
+    full = lambda s: [PollResult(messages=[protocol.Exit(run_id=s.run_id, state="full", reason="1 slot(s)")])]  # noqa: E731
+    transport.behaviour = {"win01.t": full}
+    w = _workload()
+    _queue(ex, w)
+    events = _run_until(ex, lambda: not ex.running and not ex.queued_tasks)
+    assert _final(events, w.ti.key) == "success"
+    assert transport.attempts[0] == "win01.t" and transport.attempts[-1] == "win02.t"
+    first = transport.sessions[0]
+    assert first.start.slots == first.host.slots and first.closed  # the host was told its slot count
+    assert ex.pool is not None and ex.pool["win01.t"].consecutive_failures == 0
+
+
 def test_only_as_many_tasks_accepted_as_slots(make_executor, transport) -> None:  # type: ignore[no-untyped-def]
     ex = make_executor(hosts=(HostSpec("win01.t", slots=1),))
     transport.behaviour = {"win01.t": silent_script}
@@ -360,7 +375,8 @@ def test_hung_task_is_failed_with_the_reason_and_stopped(make_executor, transpor
 
 
 def test_deadline_stops_a_task(make_executor, transport) -> None:  # type: ignore[no-untyped-def]
-    ex = make_executor(missed_heartbeats=1000, execution_timeout_grace=0.0)
+    # start_timeout is the allowance for reaching execute(); the backstop adds it to the deadline
+    ex = make_executor(missed_heartbeats=1000, execution_timeout_grace=0.0, start_timeout=0.5)
 
     def beating(start: protocol.Start) -> list[PollResult]:
         beats = [PollResult(messages=[protocol.Heartbeat(run_id=start.run_id)]) for _ in range(1000)]

@@ -177,6 +177,44 @@ def test_keepalive_lines_reach_the_agent_and_stop_kills_the_task(world: World) -
     assert world.stack.task_instance(DAG_ID, run_id, "too_slow")["state"] != "running"
 
 
+def test_the_host_admits_no_more_runs_than_its_slots(world: World) -> None:
+    """Two schedulers sharing a 1-slot host: the host itself refuses the second run, and it leaves
+    no marker behind, so the same try can start there once the slot is free."""
+    principal = world.realm.principal("airflow")
+    _, busy_wl = world.workload("sleeper", conf={"sleep": 60})
+    busy = open_session(
+        world.settings, world.host(0), principal, False, world.tickets, world.start(busy_wl, slots=1)
+    )
+    try:
+        seen: list[protocol.Message] = []
+        deadline = time.monotonic() + 90
+        while not of(seen, protocol.Started):
+            assert time.monotonic() < deadline, seen
+            seen += busy.poll(timeout=1).messages
+        _, wl = world.workload("hello")
+        refused = open_session(
+            world.settings, world.host(0), principal, False, world.tickets, world.start(wl, slots=1)
+        )
+        try:
+            messages, _ = run_to_exit(refused)
+        finally:
+            refused.close()
+        (exit_,) = of(messages, protocol.Exit)
+        assert exit_.state == "full" and "1 slot(s)" in exit_.reason, exit_
+        assert not of(messages, protocol.Started)
+    finally:
+        busy.stop("test done", wait=30)
+        busy.close()
+    again = open_session(
+        world.settings, world.host(0), principal, False, world.tickets, world.start(wl, slots=1)
+    )
+    try:
+        messages, _ = run_to_exit(again)
+    finally:
+        again.close()
+    assert of(messages, protocol.Exit)[0].state == "success"
+
+
 def test_a_disconnected_agent_keeps_running_and_is_reattached_by_run_id(world: World) -> None:
     run_id, wl = world.workload("sleeper", conf={"sleep": 120})
     start = world.start(wl, keepalive_timeout=60)

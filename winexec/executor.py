@@ -35,6 +35,7 @@ from winexec.identity import Identity, IdentityError, TaskFacts, resolve
 from winexec.launcher import (
     AgentFailure,
     CredentialStore,
+    HostFull,
     LaunchError,
     PollResult,
     PythonMissing,
@@ -317,6 +318,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             execution_timeout=rec.execution_timeout,
             grace=s.execution_timeout_grace,
             server=self._server_url(),
+            slots=rec.host.slots if rec.host is not None else None,
         )
 
     def _server_url(self) -> str | None:
@@ -611,6 +613,14 @@ class WindowsKerberosExecutor(BaseExecutor):
     def _on_exit(self, rec: TaskRecord, msg: protocol.Exit) -> None:
         if rec.revoked or rec.reported:
             self._done(rec, stop_session=True)
+            return
+        if msg.state == "full":
+            # The host's own admission said no: its slots are taken, e.g. by another scheduler
+            # sharing the pool. Like a WinRM quota fault: elsewhere or later, no attempt used.
+            session, rec.session = rec.session, None
+            if session is not None and not session.closed:
+                self._submit(_close_quietly, session)
+            self._on_launch_failed(rec, HostFull(f"{_host(rec)}: {msg.reason}"))
             return
         if msg.state == "duplicate":
             # Another run already has this try on that host (e.g. from a previous scheduler):

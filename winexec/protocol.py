@@ -27,7 +27,7 @@ PROTOCOL_VERSION = 1
 
 #: Outcomes an ``exit`` event may carry. ``success``/``failed`` come from the task itself;
 #: the rest say why the agent could not run it or stopped it.
-ExitState = Literal["success", "failed", "timeout", "stopped", "orphaned", "duplicate", "error"]
+ExitState = Literal["success", "failed", "timeout", "stopped", "orphaned", "duplicate", "full", "error"]
 
 
 class ProtocolError(ValueError):
@@ -61,6 +61,10 @@ class Start(Message):
     #: Execution API base URL the task talks to (``.../execution/``). ``None``: the host's own
     #: ``[core] execution_api_server_url``.
     server: str | None = None
+    #: The host's slot count in ``[winexec] hosts``: the agent refuses (``full``) to be run
+    #: number ``slots + 1`` on its host, which holds across schedulers sharing the pool.
+    #: ``None``: no limit.
+    slots: int | None = None
 
     def __repr__(self) -> str:  # never show the token
         return f"Start(run_id={self.run_id!r}, ti={self.workload.get('ti', {}).get('id')!r})"

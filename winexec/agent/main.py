@@ -213,6 +213,13 @@ class AgentRun:
                 f"by run {other.get('run_id')!r} (state {other.get('state')!r})",
             )
         marker = self.marker
+        slots = self.start.slots
+        if slots is not None and not spool.admitted(marker, slots, _alive):
+            marker.path.unlink(missing_ok=True)  # not started: a later launch of this try may claim it
+            self.marker = None
+            return self.exit(
+                "full", None, f"all {slots} slot(s) of this host are taken by other winexec runs"
+            )
         with contextlib.suppress(Exception):
             import psutil
 

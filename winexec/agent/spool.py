@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,33 @@ def find(run_id: str, base: Path | None = None) -> Marker | None:
         if data.get("run_id") == run_id:
             return Marker(path, data)
     return None
+
+
+def admitted(marker: Marker, slots: int, alive: Callable[[Any, Any], bool], base: Path | None = None) -> bool:
+    """Whether ``marker``'s run is among the first ``slots`` live runs of this computer.
+
+    Admission on the host, not only counted by one scheduler: every agent claims its marker
+    first (atomic), then ranks the live markers of its computer by claim time; all agents see
+    the same order, so of two racing for the last slot exactly the later one backs off. A marker
+    still being written counts as ahead of us (never over-admit).
+    """
+    base = base or spool_dir()
+    me = marker.data.get("computer")
+    mine = (marker.data["started"], marker.data["run_id"])
+    ahead = 0
+    for path in base.glob("*.json"):
+        if path == marker.path:
+            continue
+        data = _read(path)
+        if data and (data.get("finished") or data.get("state") not in ("starting", "running")):
+            continue
+        if data and data.get("computer") not in (None, me):
+            continue  # another computer's marker in a shared spool (the stand-in's hosts)
+        if data and not alive(data.get("agent_pid"), data.get("agent_create_time")):
+            continue
+        if not data or (data.get("started", 0.0), data.get("run_id", "")) < mine:
+            ahead += 1
+    return ahead < slots
 
 
 def _cleanup(base: Path) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._report import Context, summary
+from winexec.testing.world import merge_config
 
 #: Stand-in hosts in windows-like mode (no fork/killpg/fcntl... for processes they start), as
 #: the test suite and the demo run them.
@@ -193,14 +194,6 @@ COMMON_CONFIG: dict[str, dict[str, str]] = {
 }
 
 
-def _merge(*cfgs: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-    out: dict[str, dict[str, str]] = {}
-    for cfg in cfgs:
-        for section, values in cfg.items():
-            out.setdefault(section, {}).update(values)
-    return out
-
-
 @contextlib.contextmanager
 def local_stack(ctx: Context, name: str, *, parallelism: int, fanout: int, chain: int) -> Iterator[Any]:
     """Airflow with LocalExecutor (``parallelism`` worker processes) and the benchmark DAGs."""
@@ -209,7 +202,7 @@ def local_stack(ctx: Context, name: str, *, parallelism: int, fanout: int, chain
     tmp = ctx.scratch(name)
     dags = tmp / "dags"
     write_dags(dags, fanout=fanout, chain=chain, max_active=parallelism)
-    config = _merge(COMMON_CONFIG, {"core": {"parallelism": str(parallelism)}})
+    config = merge_config(COMMON_CONFIG, {"core": {"parallelism": str(parallelism)}})
     (tmp / "home").mkdir(parents=True, exist_ok=True)
     with AirflowStack(
         dags, home=tmp / "home", executor="LocalExecutor", scheduler=True, dag_processor=True, config=config
@@ -257,7 +250,7 @@ def winexec_stack(
         windows_like=windows_like,
         host_env={"AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"},
         winexec={"io_workers": str(max(8, min(32, 2 * parallelism))), **(extra or {})},
-        config=_merge(COMMON_CONFIG, {"core": {"parallelism": str(parallelism)}}),
+        config=merge_config(COMMON_CONFIG, {"core": {"parallelism": str(parallelism)}}),
     ) as world:
         yield WinexecWorld(stack=world.stack, realm=world.realm, cluster=world.cluster)
 

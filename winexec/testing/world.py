@@ -47,7 +47,8 @@ def host_python(path: Path, env: Mapping[str, str]) -> Path:
     return path
 
 
-def _merge(*configs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def merge_config(*configs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """airflow.cfg sections merged left to right (later options win)."""
     out: dict[str, dict[str, Any]] = {}
     for cfg in configs:
         for section, values in cfg.items():
@@ -112,7 +113,7 @@ def windows_world(
             executor=EXECUTOR,
             scheduler=True,
             dag_processor=True,
-            config=_merge(base, config or {}),
+            config=merge_config(base, config or {}),
             env=realm.env(),
         ) as stack:
             yield World(realm=realm, cluster=cluster, stack=stack, python=python)

@@ -189,9 +189,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             poll_timeout=1,
             io_workers=8,
             heartbeat_interval=1.0,
-            missed_heartbeats=6,
-            start_timeout=120.0,
-            keepalive_timeout=12.0,
+            missed_heartbeats=15,  # roomy: a loaded 2-core machine delays heartbeats by seconds
+            start_timeout=180.0,
+            keepalive_timeout=30.0,
             execution_timeout_grace=2.0,
             launch_attempts=4,
             launch_backoff=0.5,
@@ -344,7 +344,7 @@ def test_network_stall_longer_than_the_heartbeat_timeout(w: World) -> None:
     host = running_on(ex, key)
     assert host is not None
     sim = w.sim(_idx(w, host))
-    sim.faults.stall(120)  # every request to the host now hangs far beyond hung_after (6 s)
+    sim.faults.stall(120)  # every request to the host now hangs far beyond hung_after (15 s)
     events = drive(ex, finished([key]))
     state, reason = events[key]
     assert state == "failed" and f"no heartbeat from {host}" in reason, reason
@@ -450,3 +450,98 @@ def test_all_hosts_down_then_back(w: World) -> None:
     events = drive(ex, finished(keys), step=back_once_every_host_failed)
     assert [events[k][0] for k in keys] == ["success", "success"], events
     assert [w.starts()[(k.run_id, k.try_number)] for k in keys] == [1, 1]
+
+
+# -- bad input -------------------------------------------------------------------------------------
+#: Everything a shell or PowerShell would act on, plus text a console code page would mangle.
+HOSTILE = (
+    'it\'s "quoted" `whoami` $(Remove-Item C:\\ -Recurse); echo pwned & del | more > x < y '
+    "%PATH% ${env:USERNAME} ^ ü 日本 🙂 \u2028 \\ \t end"
+)
+
+
+def test_hostile_params_round_trip_through_a_real_task(w: World) -> None:
+    ex = w.executor()
+    conf = {"text": HOSTILE, HOSTILE: [HOSTILE, {"nested": HOSTILE}]}
+    (x,) = w.submit(ex, 1, conf)
+    key = x.ti.key
+    events = drive(ex, finished([key]))
+    assert events[key][0] == "success", events[key]
+    assert w.stack.xcom(DAG_ID, key.run_id, TASK_ID)["conf"] == conf
+    for h in w.cluster.hosts:  # the agent's command line is fixed, whatever the task carries
+        for entry in h.pipeline_log:
+            assert entry["argv"] == [str(w.python), "-m", "winexec.agent"], entry["argv"]
+
+
+def _echo_python(tmp: Path) -> Path:
+    """A stand-in for the host's python that answers the ``start`` line with what it received."""
+    program = tmp / "echo_agent.py"
+    program.write_text(
+        "import json, sys\n"
+        "from winexec import protocol\n"
+        "start = protocol.parse_line(sys.stdin.readline())\n"
+        "got = {'workload': start.workload, 'run_id': start.run_id, 'argv': sys.argv[1:]}\n"
+        "sys.stdout.write(protocol.Log(line=json.dumps(got, ensure_ascii=True)).to_line())\n"
+        "sys.stdout.write(protocol.Exit(run_id=start.run_id, state='success', code=0).to_line())\n"
+        "sys.stdout.flush()\n"
+    )
+    wrapper = tmp / "echo-python"
+    wrapper.write_text(f"#!/bin/sh\nexec '{sys.executable}' '{program}' \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_hostile_ids_reach_the_agent_intact_as_pipeline_input_only(w: World, tmp_path: Path) -> None:
+    """Task, dag and run ids (and params) full of shell syntax travel as stdin data, never as code."""
+    import uuid
+
+    from winexec import protocol
+    from winexec.launcher import open_session
+
+    python = _echo_python(tmp_path)
+    settings = replace(w.settings, python=str(python))
+    workload = {
+        "ti": {"id": str(uuid.uuid4()), "dag_id": HOSTILE, "task_id": HOSTILE, "run_id": HOSTILE},
+        "params": {HOSTILE: HOSTILE},
+        "token": "not-a-real-token",
+    }
+    start = protocol.Start(workload=workload, run_id=uuid.uuid4().hex)
+    principal = w.realm.principal("airflow")
+    store = TicketStore({principal: str(w.realm.keytab_path(principal))})
+    store.start()
+    sim = w.sim(0)
+    try:
+        session = open_session(settings, w.spec(0), principal, False, store, start)
+        messages: list[protocol.Message] = []
+        deadline = time.monotonic() + 60
+        try:
+            while not any(isinstance(m, protocol.Exit) for m in messages):
+                assert time.monotonic() < deadline, messages
+                messages += session.poll(timeout=1).messages
+        finally:
+            session.close()
+    finally:
+        store.close()
+    (echo,) = [m for m in messages if isinstance(m, protocol.Log)]
+    got = json.loads(echo.line)
+    assert got == {"workload": workload, "run_id": start.run_id, "argv": ["-m", "winexec.agent"]}
+    (entry,) = [e for e in sim.pipeline_log if e["argv"][0] == str(python)]
+    assert entry["argv"] == [str(python), "-m", "winexec.agent"]
+
+
+def test_an_oversized_workload_fails_that_task_only_with_a_clear_reason(w: World) -> None:
+    from winexec.launcher import MAX_START_BYTES
+
+    ex = w.executor()
+    big, small = w.submit(ex, 2)
+    ex.queued_tasks.pop(small.ti.key)  # first the oversized one alone
+    big.ti.context_carrier = {"blob": "x" * (MAX_START_BYTES + 1)}  # sent with the workload
+    events = drive(ex, finished([big.ti.key]))
+    state, reason = events[big.ti.key]
+    assert state == "failed"
+    assert "more than winexec sends to a host (1048576 bytes)" in reason and "oversized" in reason, reason
+    assert w.starts()[(big.ti.key.run_id, big.ti.key.try_number)] == 0
+    assert not w.markers(str(big.ti.id))
+    ex.queued_tasks[small.ti.key] = small  # the executor carries on with the next task
+    events = drive(ex, finished([small.ti.key]))
+    assert events[small.ti.key][0] == "success"

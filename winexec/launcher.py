@@ -34,6 +34,10 @@ for _name in ("pypsrp.messages", "pypsrp.wsman", "pypsrp.serializer", "pypsrp.sh
 #: WS-Man faults meaning "this host is at a WinRM quota": try another host, not a task failure.
 QUOTA_FAULT_CODES = frozenset(range(0x803381A4, 0x803381B3))
 OPERATION_TIMEOUT_CODE = 0x80338029
+#: The largest ``start`` line sent to an agent. A real workload is a few KiB; one this big means
+#: an oversized field (e.g. the trace context carrier), which would cost the host's WinRM service
+#: that much memory per launch. Refused before any network I/O, as a permanent failure of that task only.
+MAX_START_BYTES = 1024 * 1024
 #: ERROR_WSMAN_SHELL_NOT_FOUND (2150858843): the shell, and the agent in it, no longer exists.
 SHELL_NOT_FOUND_CODE = 0x8033805B
 
@@ -100,6 +104,10 @@ class TicketFailure(LaunchError):
 
 class AgentFailure(LaunchError):
     kind = "agent"
+
+
+class WorkloadTooLarge(LaunchError):
+    kind = "protocol"
 
 
 class ShellGone(LaunchError):
@@ -574,6 +582,13 @@ def open_session(
     min_lifetime: float | None = None,
 ) -> TaskSession:
     """Get the principal's credential, open a session on ``host`` and start the agent."""
+    size = len(start.to_line())
+    if size > MAX_START_BYTES:
+        raise WorkloadTooLarge(
+            f"the workload is {size} bytes as JSON, more than winexec sends to a host "
+            f"({MAX_START_BYTES} bytes): a field of the task instance (its context carrier, ids) or of its "
+            "bundle info is oversized"
+        )
     try:
         try:
             cred = tickets.get(principal, min_lifetime=min_lifetime)

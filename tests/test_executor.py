@@ -50,6 +50,8 @@ class FakeSession:
             item = self.script.pop(0)
             if isinstance(item, Exception):
                 raise item
+            if callable(item):  # e.g. a slow host: the poll itself takes a while
+                return item()
             return item
         time.sleep(0.005)
         return PollResult()
@@ -359,6 +361,29 @@ def test_only_as_many_tasks_accepted_as_slots(make_executor, transport) -> None:
     _queue(ex, *ws)
     ex.heartbeat()
     assert len(ex.running) == 1 and len(ex.queued_tasks) == 2
+
+
+def test_polls_waiting_for_a_worker_are_not_a_silent_host(make_executor, transport) -> None:  # type: ignore[no-untyped-def]
+    """More running tasks than I/O workers: a poll queued behind others is no sign of a dead host."""
+    ex = make_executor(io_workers=1, heartbeat_interval=0.5, missed_heartbeats=3, start_timeout=0.0)
+    assert ex.settings.hung_after == 1.5
+
+    def slow_beats(start: protocol.Start) -> list[Any]:
+        def beat() -> PollResult:
+            time.sleep(0.6)  # one worker, three tasks: each waits ~1.2 s for its next poll
+            return PollResult(messages=[protocol.Heartbeat(run_id=start.run_id)])
+
+        return (
+            silent_script(start)
+            + [beat] * 12
+            + [PollResult(messages=[protocol.Exit(run_id=start.run_id, state="success", code=0)])]
+        )
+
+    transport.behaviour = {"win01.t": slow_beats, "win02.t": slow_beats}
+    ws = [_workload(f"t{i}") for i in range(3)]
+    _queue(ex, *ws)
+    events = _run_until(ex, lambda: not ex.running and not ex.queued_tasks, timeout=60)
+    assert [_final(events, w.ti.key) for w in ws] == ["success"] * 3, events
 
 
 def test_hung_task_is_failed_with_the_reason_and_stopped(make_executor, transport, logs) -> None:  # type: ignore[no-untyped-def]

@@ -95,7 +95,6 @@ class TaskRecord:
     stop_reason: str | None = None
     revoked: bool = False
     reported: bool = False  # success/fail already in the event buffer
-    job_since: float | None = None  # when the in-flight job was submitted
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=ERROR_TAIL))
     last_error: str = ""
     log_path: str | None = None  # relative task log path (``workload.log_path``)
@@ -135,6 +134,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         self._adopting: dict[TaskInstanceKey, tuple[Any, HostSpec, Identity, str]] = {}
         self._adopted: set[TaskInstanceKey] = set()
         self._principals_lock = threading.Lock()
+        self._job_started: dict[TaskInstanceKey, float] = {}  # written by workers, read by sweeps
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -302,7 +302,6 @@ class WindowsKerberosExecutor(BaseExecutor):
             rec.run_id = uuid.uuid4().hex
             rec.phase = Phase.LAUNCHING
             rec.busy = True
-            rec.job_since = now
             self._submit(self._job_launch, rec.key, host, rec.identity, self._start_message(rec))
         for entry in postponed:
             heapq.heappush(self._timers, entry)
@@ -375,6 +374,9 @@ class WindowsKerberosExecutor(BaseExecutor):
             self._principals.add(principal)
 
     def _job_poll(self, key: TaskInstanceKey, session: TaskSession, keepalive: bool) -> None:
+        # When the poll really began, not when it was queued: with many running tasks a poll
+        # may wait for a worker, and that wait must not count as the host not answering.
+        self._job_started[key] = self._clock()
         s = self._s()
         try:
             if keepalive:
@@ -441,6 +443,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             if kind in ("reattached", "reattach_failed"):
                 self._on_reattach_result(kind, key, payload)
                 continue
+            self._job_started.pop(key, None)  # type: ignore[arg-type]
             rec = self.records.get(key) if key is not None else None
             if rec is None:
                 if kind == "launched":
@@ -448,7 +451,6 @@ class WindowsKerberosExecutor(BaseExecutor):
                     self._submit(self._job_stop, key, payload[0], "no longer wanted")
                 continue
             rec.busy = False
-            rec.job_since = None
             if kind == "launched":
                 self._on_launched(rec, *payload)
             elif kind == "launch_failed":
@@ -672,12 +674,12 @@ class WindowsKerberosExecutor(BaseExecutor):
         if self._closing and rec.stop_reason is None:
             # scheduler shutting down: leave the agent running in a disconnected shell for the
             # next scheduler to adopt (it stops itself if none does within keepalive_timeout)
-            rec.busy, rec.job_since = True, now
+            rec.busy = True
             self._submit(self._job_disconnect, rec.key, rec.session)
             return
         if rec.stop_reason is not None:
             rec.phase = Phase.STOPPING
-            rec.busy, rec.job_since = True, now
+            rec.busy = True
             self._submit(self._job_stop, rec.key, rec.session, rec.stop_reason)
             return
         if delay > 0:
@@ -688,7 +690,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         keepalive = bool(s.keepalive_timeout) and now - rec.last_keepalive >= s.keepalive_timeout / 4
         if keepalive:
             rec.last_keepalive = now
-        rec.busy, rec.job_since = True, now
+        rec.busy = True
         self._submit(self._job_poll, rec.key, rec.session, keepalive)
 
     def request_stop(self, rec: TaskRecord, reason: str) -> None:
@@ -707,7 +709,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         for rec in list(self.records.values()):
             if rec.phase is not Phase.RUNNING or rec.live is None or rec.stop_reason is not None:
                 continue
-            stuck = rec.job_since if rec.busy else None
+            stuck = self._job_started.get(rec.key) if rec.busy else None
             verdict = judge(
                 rec.live, now, hung_after, _host(rec), in_flight_since=stuck, start_timeout=start_timeout
             )

@@ -157,7 +157,10 @@ class NativeProcess:
         return list(found.values())
 
     def signal_tree(self, sig: int) -> None:
-        members = self.tree()
+        # The group signal reaches every member of the process group; known descendants that
+        # left it are signalled one by one. No scan of the whole process table here: with a
+        # thousand shells stopping at once that scan made teardown quadratic.
+        members = self.tree(scan_group=False)
         with contextlib.suppress(OSError):
             os.killpg(self.pid, sig)
         for p in members:

@@ -67,6 +67,7 @@ kill $hb
 def run(ctx: Context) -> dict[str, Any]:
     from winexec.sim.cluster import Quotas
     from winexec.sim.testing import running_cluster
+    from winexec.testing.world import hosts_option
 
     counts = [10, 100] if ctx.quick else [10, 100, 1000]
     measure_s = 8.0 if ctx.quick else 20.0
@@ -81,9 +82,7 @@ def run(ctx: Context) -> dict[str, Any]:
         cluster,
     ):
         cfg = {
-            "hosts": ", ".join(
-                f"http://{h.name}:{h.http_port}?slots={per_host}&address={h.address}" for h in cluster.hosts
-            ),
+            "hosts": hosts_option(cluster, per_host),
             "python": str(agent),
             "default_principal": realm.principal("airflow"),
             "default_keytab": str(realm.keytab_path(realm.principal("airflow"))),

@@ -24,7 +24,7 @@ from winexec import cli
 from winexec.sim import SimCluster
 from winexec.sim.kdc import Realm
 from winexec.sim.testing import running_cluster
-from winexec.testing.world import host_python
+from winexec.testing.world import host_entry, host_python, hosts_option
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Env:
 
     def host_entry(self, i: int, name: str | None = None) -> str:
         h = self.cluster.hosts[i]
-        return f"http://{name or h.name}:{h.http_port}?slots=3&address={h.address}"
+        return host_entry(h, 3, name)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +55,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         )
         default, alice = realm.principal("airflow"), realm.principal("alice")
         values = {
-            "AIRFLOW__WINEXEC__HOSTS": ", ".join(
-                f"http://{h.name}:{h.http_port}?slots=3&address={h.address}" for h in cluster.hosts
-            ),
+            "AIRFLOW__WINEXEC__HOSTS": hosts_option(cluster, 3),
             "AIRFLOW__WINEXEC__PYTHON": str(python),
             "AIRFLOW__WINEXEC__DEFAULT_PRINCIPAL": default,
             "AIRFLOW__WINEXEC__DEFAULT_KEYTAB": str(realm.keytab_path(default)),

@@ -13,23 +13,15 @@ import requests
 from pypsrp.exceptions import WinRMTransportError, WSManFaultError
 from pypsrp.powershell import PowerShell, PSInvocationState, RunspacePool
 
+from tests import sim_fixtures
 from winexec.sim import Quotas, SimCluster, SimHost
 from winexec.sim.kdc import Realm
-from winexec.sim.testing import running_cluster, wsman
+from winexec.sim.testing import wsman
 
 PY = sys.executable
+# the stand-in's shared fixtures (tests/sim_fixtures.py)
+realm, sim = sim_fixtures.realm, sim_fixtures.sim
 TICKER = "import time\nfor i in range(600):\n    print(i, flush=True)\n    time.sleep(0.1)\n"
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Realm, SimCluster]]:
-    with running_cluster(tmp_path_factory.mktemp("simrealm"), 1) as rc:
-        yield rc
-
-
-@pytest.fixture
-def realm(sim: tuple[Realm, SimCluster]) -> Realm:
-    return sim[0]
 
 
 @pytest.fixture

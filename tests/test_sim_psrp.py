@@ -4,34 +4,23 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
 
 import psutil
 import pytest
 from pypsrp.exceptions import AuthenticationError
 from pypsrp.powershell import PowerShell, PSInvocationState, RunspacePool
 
+from tests import sim_fixtures
 from winexec.sim import SimCluster, SimHost
 from winexec.sim.kdc import Realm
-from winexec.sim.testing import kinit, running_cluster, wsman
+from winexec.sim.testing import kinit, wsman
 
 PY = sys.executable
+# the stand-in's shared fixtures (tests/sim_fixtures.py)
+host, realm, sim = sim_fixtures.host, sim_fixtures.realm, sim_fixtures.sim
 
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Realm, SimCluster]]:
-    with running_cluster(tmp_path_factory.mktemp("simrealm"), 2, ("airflow", "alice")) as rc:
-        yield rc
-
-
-@pytest.fixture
-def realm(sim: tuple[Realm, SimCluster]) -> Realm:
-    return sim[0]
-
-
-@pytest.fixture
-def host(sim: tuple[Realm, SimCluster]) -> SimHost:
-    return sim[1].hosts[0]
+SIM_HOSTS = 2
+SIM_PRINCIPALS = ("airflow", "alice")
 
 
 def run(ps: PowerShell, deadline: float = 20.0) -> None:

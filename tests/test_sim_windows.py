@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 
 import pytest
 from pypsrp.powershell import PowerShell, PSInvocationState, RunspacePool
 
-from winexec.sim import SimCluster, SimHost
+from tests import sim_fixtures
+from winexec.sim import SimHost
 from winexec.sim.kdc import Realm
-from winexec.sim.testing import kinit, running_cluster, wsman
+from winexec.sim.testing import kinit, wsman
 
 PY = sys.executable
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Realm, SimCluster]]:
-    with running_cluster(tmp_path_factory.mktemp("simrealm"), 1) as rc:
-        yield rc
-
-
-@pytest.fixture
-def realm(sim: tuple[Realm, SimCluster]) -> Realm:
-    return sim[0]
-
-
-@pytest.fixture
-def host(sim: tuple[Realm, SimCluster]) -> SimHost:
-    return sim[1].hosts[0]
+# the stand-in's shared fixtures (tests/sim_fixtures.py)
+host, realm, sim = sim_fixtures.host, sim_fixtures.realm, sim_fixtures.sim
 
 
 def _run(host: SimHost, realm: Realm, script: str) -> PowerShell:

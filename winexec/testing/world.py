@@ -47,6 +47,16 @@ def host_python(path: Path, env: Mapping[str, str]) -> Path:
     return path
 
 
+def host_entry(host: Any, slots: int, name: str | None = None) -> str:
+    """One stand-in host as a ``[winexec] hosts`` entry: its SPN name, port, slots, loopback address."""
+    return f"http://{name or host.name}:{host.http_port}?slots={slots}&address={host.address}"
+
+
+def hosts_option(cluster: SimCluster, slots: int) -> str:
+    """``[winexec] hosts`` for every host of ``cluster``."""
+    return ", ".join(host_entry(h, slots) for h in cluster.hosts)
+
+
 def merge_config(*configs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """airflow.cfg sections merged left to right (later options win)."""
     out: dict[str, dict[str, Any]] = {}
@@ -97,9 +107,7 @@ def windows_world(
         )
         default = realm.principal(principals[0])
         section = {
-            "hosts": ", ".join(
-                f"http://{h.name}:{h.http_port}?slots={slots}&address={h.address}" for h in cluster.hosts
-            ),
+            "hosts": hosts_option(cluster, slots),
             "python": str(python),
             "default_principal": default,
             "default_keytab": str(realm.keytab_path(default)),

@@ -1,0 +1,35 @@
+"""Fixtures the stand-in's own tests share: one realm and cluster per module.
+
+A module imports them (``from tests.sim_fixtures import host, realm, sim``) and may set
+``SIM_HOSTS`` / ``SIM_PRINCIPALS`` to size its cluster (1 host, the ``airflow`` user by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from winexec.sim import SimCluster, SimHost
+from winexec.sim.kdc import Realm
+from winexec.sim.testing import running_cluster
+
+
+@pytest.fixture(scope="module")
+def sim(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Realm, SimCluster]]:
+    hosts = getattr(request.module, "SIM_HOSTS", 1)
+    principals = getattr(request.module, "SIM_PRINCIPALS", ("airflow",))
+    with running_cluster(tmp_path_factory.mktemp("simrealm"), hosts, principals) as rc:
+        yield rc
+
+
+@pytest.fixture
+def realm(sim: tuple[Realm, SimCluster]) -> Realm:
+    return sim[0]
+
+
+@pytest.fixture
+def host(sim: tuple[Realm, SimCluster]) -> SimHost:
+    return sim[1].hosts[0]

@@ -52,6 +52,10 @@ _OK_TI_STATES = {"success", "skipped", "deferred", "up_for_reschedule", "awaitin
 _TICK = 0.1
 
 
+class InvalidWorkload(Exception):
+    """The start message's workload is not one this agent can run."""
+
+
 class _Lines(Protocol):
     def readline(self) -> bytes: ...
 
@@ -78,6 +82,8 @@ class AgentRun:
         self._killed = False
         self._lock = threading.Lock()
         self._done = threading.Event()
+        self.bundle_info: Any = None
+        self.dag_rel_path = ""
 
     # -- helpers --------------------------------------------------------------------------
     def scrub(self, text: str) -> str:
@@ -107,15 +113,19 @@ class AgentRun:
             raise RuntimeError(f"not starting the task: {self.stop_reason}")
 
     def on_started(self, process: WinexecActivitySubprocess) -> None:
+        self.process = process
+        self.announce(process.pid)
+
+    def announce(self, pid: int) -> None:
+        """Tell the executor (and the run marker) that the task process runs."""
         from winexec.agent.hostinfo import delegated_tgt, host_name, user_name
 
-        self.process = process
         self.started_at = time.monotonic()
         delegated, _ = delegated_tgt()
         self.sink.emit(
             Started(
                 run_id=self.start.run_id,
-                pid=process.pid,
+                pid=pid,
                 host=host_name(),
                 user=user_name(),
                 delegated=delegated,
@@ -123,7 +133,7 @@ class AgentRun:
         )
         if self.marker:
             with contextlib.suppress(OSError):
-                self.marker.update(task_pid=process.pid, state="running")
+                self.marker.update(task_pid=pid, state="running")
 
     # -- threads --------------------------------------------------------------------------
     def _read_stdin(self) -> None:
@@ -182,21 +192,38 @@ class AgentRun:
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> int:
+        """Parse the workload, claim this try on this host, then supervise the task."""
+        try:
+            ti = self.parse_workload()
+        except InvalidWorkload as e:
+            return self.exit("error", None, str(e))
+        refused = self.claim(ti)
+        if refused is not None:
+            return refused
+        return self.supervise(ti)
+
+    def parse_workload(self) -> Any:
+        """The workload's task instance, validated as the Task SDK will read it."""
         from airflow.sdk.api.datamodels._generated import BundleInfo, TaskInstance
         from pydantic import ValidationError
 
         wl = self.start.workload
         try:
             ti = TaskInstance.model_validate(wl["ti"])
-            bundle_info = BundleInfo.model_validate(wl["bundle_info"])
-            dag_rel_path = str(wl["dag_rel_path"])
-            log_path = wl.get("log_path")
+            self.bundle_info = BundleInfo.model_validate(wl["bundle_info"])
+            self.dag_rel_path = str(wl["dag_rel_path"])
         except ValidationError as e:
             where = ", ".join(".".join(map(str, err["loc"])) for err in e.errors())
-            return self.exit("error", None, f"invalid workload (fields: {where})")
+            raise InvalidWorkload(f"invalid workload (fields: {where})") from None
         except (KeyError, TypeError) as e:
-            return self.exit("error", None, f"invalid workload: missing {e}")
+            raise InvalidWorkload(f"invalid workload: missing {e}") from None
+        return ti
 
+    def claim(self, ti: Any) -> int | None:
+        """Claim this try on this host (once only, within the host's slots); the exit code if refused.
+
+        From here on fd 1 is the run's diagnostics file: protocol lines go through the sink only.
+        """
         from winexec.agent import spool
 
         try:
@@ -231,7 +258,20 @@ class AgentRun:
         self.running_file = marker.log_path.with_suffix(".running")
         self.running_file.unlink(missing_ok=True)
         os.environ["WINEXEC_RUNNING_FILE"] = str(self.running_file)  # for the task process (runner)
-        _configure_agent_logging(marker.log_path, self)
+        return None
+
+    def watch(self) -> threading.Thread:
+        """Start reading keepalive/stop lines and the watchdog (heartbeats, deadlines, stops)."""
+        threading.Thread(target=self._read_stdin, name="winexec-stdin", daemon=True).start()
+        watchdog = threading.Thread(target=self._watch, name="winexec-watchdog", daemon=True)
+        watchdog.start()
+        return watchdog
+
+    def supervise(self, ti: Any) -> int:
+        """Run the task under the Task SDK's supervisor (this process is the supervisor)."""
+        assert self.marker is not None
+        _configure_agent_logging(self.marker.log_path, self)
+        wl = self.start.workload
 
         from airflow.sdk.configuration import conf
         from airflow.sdk.execution_time.coordinator import reset_coordinator_manager
@@ -244,20 +284,17 @@ class AgentRun:
         coordinator.set_listener(self)
         server = self.start.server or conf.get("core", "execution_api_server_url", fallback=None)
 
-        threading.Thread(target=self._read_stdin, name="winexec-stdin", daemon=True).start()
-        watchdog = threading.Thread(target=self._watch, name="winexec-watchdog", daemon=True)
-        watchdog.start()
-
+        watchdog = self.watch()
         code: int | None = None
         error: BaseException | None = None
         try:
             code = supervise_task(
                 ti=ti,
-                bundle_info=bundle_info,  # type: ignore[arg-type]  # duck-typed, as in BaseExecutor
-                dag_rel_path=dag_rel_path,
+                bundle_info=self.bundle_info,  # duck-typed, as in BaseExecutor
+                dag_rel_path=self.dag_rel_path,
                 token=self.token,
                 server=server,
-                log_path=log_path,
+                log_path=wl.get("log_path"),
                 sentry_integration=str(wl.get("sentry_integration") or ""),
             )
         except Exception as e:
@@ -362,7 +399,7 @@ def _configure_agent_logging(path: Any, run: AgentRun) -> None:
     structlog.configure(processors=[forward, *cfg["processors"]])
 
 
-def _run(sink: EventSink, stdin: _Lines) -> int:
+def _run(sink: EventSink, stdin: _Lines, run_class: type[AgentRun] = AgentRun) -> int:
     line = stdin.readline()
     try:
         msg = parse_line(line)
@@ -381,7 +418,7 @@ def _run(sink: EventSink, stdin: _Lines) -> int:
             Exit(run_id="", state="error", reason=f"first stdin line must be 'start', got {msg.type!r}")
         )
         return 2
-    run = AgentRun(msg, sink, stdin)
+    run = run_class(msg, sink, stdin)
     try:
         return run.run()
     except Exception as e:  # last resort: the executor must always get an exit line
@@ -483,6 +520,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         return 0
 
+    return serve()
+
+
+def serve(run_class: type[AgentRun] = AgentRun) -> int:
+    """Run mode: protocol lines on stdout, the start message and keepalives on stdin."""
     from winexec.agent.events import capture_stdout
 
     sink = capture_stdout()
@@ -491,4 +533,4 @@ def main(argv: list[str] | None = None) -> int:
     compat.install()
     from winexec.agent.events import LineReader
 
-    return _run(sink, LineReader(sys.stdin.fileno()))
+    return _run(sink, LineReader(sys.stdin.fileno()), run_class)

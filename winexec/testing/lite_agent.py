@@ -1,0 +1,105 @@
+"""The real agent around a tiny task process instead of a Task SDK run, for fault tests at scale.
+
+Everything the executor talks to is the real :mod:`winexec.agent`: the protocol, the run's claim
+on the host (duplicate refusal, slot admission), heartbeats, keepalive, stop, deadlines,
+containment of the process tree, run markers. Only the task differs: a few lines of Python
+instead of the Task SDK (two interpreters each importing ``airflow.sdk``, several CPU-seconds on
+a small machine), so hundreds of tasks fit in a test on two cores.
+
+A host's interpreter wrapper runs ``python -m winexec.testing.lite_agent`` where the executor
+asks for ``python -m winexec.agent`` (other modes, ``--status`` etc., are the real agent's). The
+task appends one JSON line to ``$WINEXEC_FAULTS_LEDGER`` as its first action (so a test counts
+every start of every try), flags that its work began, then sleeps for a time drawn from
+``$WINEXEC_LITE_SECONDS`` (``"lo-hi"``, seeded by the task instance and try).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from winexec.agent.main import AgentRun, InvalidWorkload, serve
+from winexec.agent.main import main as agent_main
+from winexec.protocol import ExitState
+
+TASK = """
+import json, os, sys, time
+ti, try_number, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+entry = {"ti": ti, "try": try_number, "host": os.environ.get("COMPUTERNAME", "?"), "pid": os.getpid()}
+with open(os.environ["WINEXEC_FAULTS_LEDGER"], "a", encoding="utf-8") as f:
+    f.write(json.dumps(entry) + "\\n")
+running = os.environ.get("WINEXEC_RUNNING_FILE")
+if running:
+    open(running, "w").close()
+time.sleep(seconds)
+"""
+
+_TI_FIELDS = ("id", "dag_id", "task_id", "run_id", "map_index", "try_number", "queue")
+
+
+def task_seconds(ti_id: str, try_number: int, spec: str) -> float:
+    """How long the task of ``ti_id`` sleeps: uniform in ``spec`` ("lo-hi"), the same every time."""
+    lo, _, hi = spec.partition("-")
+    return random.Random(f"{ti_id}/{try_number}").uniform(float(lo), float(hi or lo))
+
+
+class LiteRun(AgentRun):
+    """An :class:`AgentRun` whose task is :data:`TASK` rather than a Task SDK run."""
+
+    def parse_workload(self) -> Any:
+        ti = self.start.workload.get("ti")
+        if not isinstance(ti, dict) or not ti.get("id") or not isinstance(ti.get("try_number"), int):
+            raise InvalidWorkload("invalid workload: missing 'ti'")
+        return SimpleNamespace(**{k: ti.get(k) for k in _TI_FIELDS})
+
+    def supervise(self, ti: Any) -> int:
+        from winexec.agent.containment import Containment
+
+        seconds = task_seconds(str(ti.id), ti.try_number, os.environ.get("WINEXEC_LITE_SECONDS", "1"))
+        containment = Containment()
+        argv = [sys.executable, "-c", TASK, str(ti.id), str(ti.try_number), f"{seconds:.3f}"]
+        watchdog = self.watch()
+        code: int | None = None
+        try:
+            if self.stop_state is None:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, **containment.popen_kwargs())
+                containment.adopt(proc)
+                try:
+                    self.on_launch(proc, containment)
+                except RuntimeError:
+                    pass  # a stop came first: killed below, reported as that stop
+                else:
+                    self.announce(proc.pid)
+                    code = proc.wait()
+        finally:
+            self._done.set()
+            watchdog.join(timeout=5)
+            containment.kill()
+        state: ExitState
+        if self.stop_state is not None and code != 0:
+            state, reason = self.stop_state, self.stop_reason
+        elif code == 0:
+            state, reason = "success", "task instance success"
+        else:
+            state, reason = "failed", f"task instance failed, exit code {code}"
+        if self.marker:
+            with contextlib.suppress(OSError):
+                self.marker.update(state=state, exit_code=code, finished=time.time())
+        return self.exit(state, code, reason, ti_state="success" if state == "success" else "failed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        return agent_main(argv)
+    return serve(LiteRun)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

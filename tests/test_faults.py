@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,17 @@ from winexec.sim.kdc import Realm
 from winexec.sim.testing import running_cluster
 from winexec.testing.airflow_stack import AirflowStack
 from winexec.tickets import TicketStore
+
+from .fault_kit import (
+    census,
+    drive,
+    finished,
+    grown,
+    host_python,
+    make_executor,
+    scheduler_side_threads,
+    wait_for,
+)
 
 DAG_ID = "winexec_faults"
 TASK_ID = "work"
@@ -77,16 +88,9 @@ class World:
 
     # -- the executor ------------------------------------------------------------------------
     def executor(self, **overrides: Any) -> WindowsKerberosExecutor:
-        ex = WindowsKerberosExecutor(parallelism=64)
-        ex.settings = replace(self.settings, **overrides)
-        keytabs = {
-            self.realm.principal(p): str(self.realm.keytab_path(self.realm.principal(p)))
-            for p in ("airflow", "alice")
-        }
-        store = TicketStore(keytabs)
-        store.start()
-        ex.tickets = store
-        ex.start()
+        principals = [self.realm.principal(p) for p in ("airflow", "alice")]
+        keytabs = {p: self.realm.keytab_path(p) for p in principals}
+        ex = make_executor(self.settings, keytabs, **overrides)
         self.made.append(ex)
         return ex
 
@@ -143,17 +147,6 @@ def queue_workloads(stack: AirflowStack, runs: list[str]) -> list[dict[str, Any]
     return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
 
 
-def _host_python(path: Path, env: dict[str, str], spool: Path) -> Path:
-    """The interpreter "installed on every host"; each host keeps its run markers in its own spool."""
-    exports = "".join(f"export {k}='{v}'\n" for k, v in env.items())
-    path.write_text(
-        f"#!/bin/sh\n{exports}export WINEXEC_SPOOL='{spool}'/\"$COMPUTERNAME\"\n"
-        f"exec '{sys.executable}' \"$@\"\n"
-    )
-    path.chmod(0o755)
-    return path
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("faults")
@@ -174,7 +167,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         ledger = tmp / "ledger.jsonl"
         host_env["WINEXEC_FAULTS_LEDGER"] = str(ledger)
         spool = tmp / "spool"
-        python = _host_python(tmp / "host-python", host_env, spool)
+        python = host_python(tmp / "host-python", host_env, spool)
         # what the scheduler's airflow.cfg would say: where tasks reach the API, where logs go
         os.environ["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = stack.execution_api_url
         os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(stack.log_folder)
@@ -215,67 +208,27 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 @pytest.fixture
 def w(world: World) -> Iterator[World]:
-    """Per test: faults cleared before and after, and every executor it made shut down and counted."""
+    """Per test: faults cleared before and after; afterwards every executor it made is shut down,
+    nothing runs on the hosts, and the executor's threads and objects are back to their baseline."""
     world.reset_faults()
-    baseline = _scheduler_side_threads()
+    threads, objects = scheduler_side_threads(), census()
     made = len(world.made)
     yield world
-    for ex in world.made[made:]:
-        ex.terminate()
+    _terminate(world.made[made:])
+    del world.made[made:]
     world.reset_faults()
-    _wait(lambda: not world.agents_running(), 60, lambda: f"left running: {world.agents_running()}")
-    _wait(
-        lambda: _scheduler_side_threads() <= baseline,
+    wait_for(lambda: not world.agents_running(), 60, lambda: f"left running: {world.agents_running()}")
+    wait_for(
+        lambda: scheduler_side_threads() <= threads,
         30,
-        lambda: f"threads left: {sorted(t.name for t in threading.enumerate() if t.ident not in baseline)}",
+        lambda: f"threads left: {sorted(t.name for t in threading.enumerate() if t.ident not in threads)}",
     )
+    wait_for(lambda: not grown(objects), 10, lambda: f"objects left: {grown(objects)}")
 
 
-def _scheduler_side_threads() -> set[int]:
-    return {t.ident or 0 for t in threading.enumerate() if not _is_sim_thread(t)}
-
-
-def _is_sim_thread(t: threading.Thread) -> bool:
-    """Threads of the stand-in hosts (servers, process pipes) that share this test process."""
-    if t.name.startswith(("winrm-", "sim-")):
-        return True
-    target = getattr(t, "_target", None)
-    owner = getattr(target, "__self__", None)  # e.g. a sim server's process_request_thread
-    module = getattr(target, "__module__", "") or ""
-    return module.startswith("winexec.sim") or type(owner).__module__.startswith("winexec.sim")
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(what())
-        time.sleep(0.2)
-
-
-def drive(
-    ex: WindowsKerberosExecutor,
-    until: Callable[[dict[Any, Any]], bool],
-    timeout: float = 240.0,
-    step: Callable[[dict[Any, Any]], None] | None = None,
-) -> dict[Any, Any]:
-    """Run the executor as the scheduler loop does; return every key's last (state, info)."""
-    events: dict[Any, Any] = {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ex.heartbeat()
-        for key, (state, info) in ex.get_event_buffer().items():
-            events[key] = (str(state), info)
-        if step is not None:
-            step(events)
-        if until(events):
-            return events
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: events {events}, records {ex.describe()}")
-
-
-def finished(keys: list[Any]) -> Callable[[dict[Any, Any]], bool]:
-    return lambda ev: all(ev.get(k, ("",))[0] in ("success", "failed") for k in keys)
+def _terminate(executors: list[WindowsKerberosExecutor]) -> None:
+    for ex in executors:
+        ex.terminate()
 
 
 def running_on(ex: WindowsKerberosExecutor, key: Any) -> str | None:
@@ -350,7 +303,7 @@ def test_network_stall_longer_than_the_heartbeat_timeout(w: World) -> None:
     assert state == "failed" and f"no heartbeat from {host}" in reason, reason
     sim.faults.stall(0)  # the network heals: the stop (or the agent's keepalive lapse) ends it
     drive(ex, lambda ev: not ex.records, timeout=90)
-    _wait(lambda: not sim.processes(), 60, lambda: f"still running on {host}: {sim.processes()}")
+    wait_for(lambda: not sim.processes(), 60, lambda: f"still running on {host}: {sim.processes()}")
     assert w.starts()[(key.run_id, key.try_number)] == 1
     (marker,) = w.markers(str(x.ti.id))
     assert marker["state"] in ("stopped", "orphaned"), marker

@@ -1,0 +1,136 @@
+"""What the fault suites share: driving the executor as the scheduler does, and checking that a
+test left nothing behind (threads, objects, processes on the hosts)."""
+
+from __future__ import annotations
+
+import collections
+import enum
+import gc
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from winexec.config import Settings
+from winexec.executor import WindowsKerberosExecutor
+from winexec.tickets import TicketStore
+
+
+def make_executor(
+    settings: Settings, keytabs: Mapping[str, Path], **overrides: Any
+) -> WindowsKerberosExecutor:
+    """A started executor with ``settings`` (plus ``overrides``) and its own ticket store."""
+    ex = WindowsKerberosExecutor(parallelism=1024)
+    ex.settings = replace(settings, **overrides)
+    store = TicketStore({p: str(k) for p, k in keytabs.items()})
+    store.start()
+    ex.tickets = store
+    ex.start()
+    return ex
+
+
+def host_python(path: Path, env: Mapping[str, str], spool: Path, *, lite: bool = False) -> Path:
+    """The interpreter "installed on every host"; each host keeps its run markers in its own spool.
+
+    ``lite``: the agent's run mode is :mod:`winexec.testing.lite_agent` (the real agent around a
+    tiny task) instead of a Task SDK run.
+    """
+    exports = "".join(f"export {k}='{v}'\n" for k, v in env.items())
+    lite_line = (
+        f"[ \"$*\" = '-m winexec.agent' ] && exec '{sys.executable}' -m winexec.testing.lite_agent\n"
+        if lite
+        else ""
+    )
+    path.write_text(
+        f"#!/bin/sh\n{exports}export WINEXEC_SPOOL='{spool}'/\"$COMPUTERNAME\"\n"
+        f"{lite_line}exec '{sys.executable}' \"$@\"\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(what())
+        time.sleep(0.2)
+
+
+def drive(
+    ex: WindowsKerberosExecutor,
+    until: Callable[[dict[Any, Any]], bool],
+    timeout: float = 240.0,
+    step: Callable[[dict[Any, Any]], None] | None = None,
+    events: dict[Any, Any] | None = None,
+) -> dict[Any, Any]:
+    """Run the executor as the scheduler loop does; return every key's last (state, info)."""
+    events = {} if events is None else events
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ex.heartbeat()
+        for key, (state, info) in ex.get_event_buffer().items():
+            events[key] = (str(state), info)
+        if step is not None:
+            step(events)
+        if until(events):
+            return events
+        time.sleep(0.05)
+    raise AssertionError(f"timed out: events {events}, records {ex.describe()}")
+
+
+def finished(keys: list[Any]) -> Callable[[dict[Any, Any]], bool]:
+    return lambda ev: all(ev.get(k, ("",))[0] in ("success", "failed") for k in keys)
+
+
+# -- nothing left behind ---------------------------------------------------------------------------
+def scheduler_side_threads() -> set[int]:
+    """Threads of the scheduler side: all but the stand-in hosts' own (they share this process)."""
+    return {t.ident or 0 for t in threading.enumerate() if not _is_sim_thread(t)}
+
+
+def _is_sim_thread(t: threading.Thread) -> bool:
+    if t.name.startswith(("winrm-", "sim-")):
+        return True
+    target = getattr(t, "_target", None)
+    owner = getattr(target, "__self__", None)  # e.g. a sim server's process_request_thread
+    module = getattr(target, "__module__", "") or ""
+    return module.startswith("winexec.sim") or type(owner).__module__.startswith("winexec.sim")
+
+
+#: Packages whose objects the executor makes per task or per host (records, sessions, WS-Man
+#: clients, HTTP pools, security contexts). The stand-in hosts' own are not counted.
+_CENSUS = ("winexec.", "pypsrp.", "spnego.", "requests.", "urllib3.")
+_NOT_COUNTED = ("winexec.sim", "winexec.testing")
+
+
+def census() -> collections.Counter[str]:
+    """Live objects per type of the scheduler side, after a full collection.
+
+    The client libraries are imported first: their module-level singletons (urllib3's default
+    pool manager, requests' status codes) are not per-task objects.
+    """
+    import pypsrp.powershell
+    import pypsrp.wsman  # noqa: F401
+    import requests  # noqa: F401
+    import urllib3.http2.probe  # noqa: F401
+
+    gc.collect()
+    counts: collections.Counter[str] = collections.Counter()
+    for obj in gc.get_objects():
+        if isinstance(obj, enum.Enum):  # flag combinations are cached on first use, by design
+            continue
+        t = type(obj)
+        module = t.__dict__.get("__module__")
+        if isinstance(module, str) and module.startswith(_CENSUS) and not module.startswith(_NOT_COUNTED):
+            counts[f"{module}.{t.__qualname__}"] += 1
+    return counts
+
+
+def grown(baseline: collections.Counter[str], slack: int = 0) -> dict[str, int]:
+    """Types with more live objects than at ``baseline`` (beyond ``slack``)."""
+    now = census()
+    return {k: n - baseline[k] for k, n in now.items() if n - baseline[k] > slack}

@@ -194,6 +194,30 @@ def test_first_line_must_be_start(work: Path) -> None:
     assert isinstance(ex, Exit) and ex.state == "error" and "start" in ex.reason
 
 
+def test_an_agent_never_sent_its_start_line_gives_up(work: Path) -> None:
+    """A launch whose command reached the host but whose start line did not (the host went silent
+    in between) must not leave an agent waiting forever."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(WINDOWSLIKE), str(REPO)]),
+        "WINEXEC_SPOOL": str(work),
+    }
+    code = "import sys, winexec.agent.main as m; m.FIRST_LINE_TIMEOUT = 1.0; sys.exit(m.main([]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
+    try:
+        proc.wait(timeout=60)  # stdin stays open: no EOF, just silence
+    finally:
+        proc.kill()
+    assert proc.stdout is not None and proc.stdin is not None
+    out = proc.stdout.read()
+    proc.stdin.close()
+    assert proc.returncode == 2
+    ex = parse_line(out.splitlines()[-1])
+    assert isinstance(ex, Exit) and ex.state == "error" and "no start line within 1 s" in ex.reason
+
+
 def test_self_check_is_one_json_line(work: Path) -> None:
     res = _agent(b"", work, "--self-check")
     assert res.returncode == 0, res.stderr

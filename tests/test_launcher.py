@@ -19,6 +19,7 @@ import pytest
 from winexec import protocol
 from winexec.config import HostSpec, Settings
 from winexec.launcher import (
+    LaunchAmbiguous,
     LaunchError,
     PollResult,
     TaskSession,
@@ -243,6 +244,50 @@ def test_a_disconnected_agent_keeps_running_and_is_reattached_by_run_id(world: W
     assert exit_.state == "stopped", exit_
     with pytest.raises(LaunchError):  # its shell is gone now
         reattach_session(world.settings, world.host(1), principal, False, world.tickets, start.run_id)
+
+
+def test_a_launch_whose_answer_was_lost_finds_its_agent_instead_of_starting_another(world: World) -> None:
+    """The host ran the agent's command but its answer was lost: the session looks for the run's
+    shell, finds the agent there and goes on with it; the try starts once, on that host."""
+    run_id, wl = world.workload("hello")
+    start = world.start(wl)
+    sim = world.cluster.hosts[0]
+    before = len(sim.pipeline_log)
+    sim.faults.lose_next_answer("Command")
+    session = open_session(
+        world.settings, world.host(0), world.realm.principal("airflow"), False, world.tickets, start
+    )
+    try:
+        messages, _ = run_to_exit(session)
+    finally:
+        session.close()
+    assert sim.faults.take_lost_answer("Command") is None  # the fault did strike
+    assert len(of(messages, protocol.Started)) == 1
+    (exit_,) = of(messages, protocol.Exit)
+    assert exit_.state == "success", exit_
+    assert len(sim.pipeline_log) - before == 1  # one agent was ever started for this launch
+    assert world.stack.task_instance(DAG_ID, run_id, "hello")["state"] == "success"
+
+
+def test_a_host_silent_after_the_launch_command_is_not_launched_again(world: World) -> None:
+    """The command reached the host, then the host went silent: nobody can tell whether the task
+    runs, so the launch fails for good (no retry anywhere) with that reason."""
+    _, wl = world.workload("hello")
+    start = world.start(wl)
+    sim = world.cluster.hosts[0]
+    sim.faults.lose_next_answer("Command", then_silent=True)
+    try:
+        with pytest.raises(LaunchAmbiguous) as info:
+            open_session(
+                world.settings, world.host(0), world.realm.principal("airflow"), False, world.tickets, start
+            )
+    finally:
+        sim.faults.refuse(False)
+        sim.faults.kill_shells()  # the agent that got no start line; it would give up on its own
+    err = info.value
+    assert not err.transient and err.host_fault and err.kind == "ambiguous"
+    assert f"{sim.name} stopped answering after the agent's command was sent" in err.reason
+    assert "not started again anywhere" in err.reason
 
 
 def test_python_missing_on_the_host_says_how_to_fix_it(world: World) -> None:

@@ -779,7 +779,8 @@ class WindowsKerberosExecutor(BaseExecutor):
                 self._forget(rec)
             elif rec.phase is Phase.RUNNING and not rec.busy:
                 self._next_job(rec)  # the disconnect
-        deadline = self._clock() + s.connect_timeout + s.read_timeout
+        waves = -(-len(self.records) // max(1, s.io_workers))  # disconnects run io_workers at a time
+        deadline = self._clock() + (s.connect_timeout + s.read_timeout) * max(1, waves)
         while self.records and self._clock() < deadline:
             self._drain_results()
             for rec in list(self.records.values()):
@@ -834,9 +835,10 @@ class WindowsKerberosExecutor(BaseExecutor):
 
         The external executor id ``<host>|<run_id>`` names the host and the run, and the run id
         is the id of the WinRM shell the agent runs in, so the shell can be found and connected
-        to again as the task's principal. This waits (bounded by the connect and read timeouts)
-        for the reattach attempts: adoption happens when a scheduler takes over, not on every
-        heartbeat. Whatever could not be reattached is returned for the scheduler to reset.
+        to again as the task's principal. This waits for the reattach attempts (a connect and a
+        read timeout per round of ``io_workers``): adoption happens when a scheduler takes over,
+        not on every heartbeat. Whatever could not be reattached is returned for the scheduler
+        to reset.
         """
         if self.settings is None or self._io is None or self._closing:
             return tis
@@ -859,7 +861,8 @@ class WindowsKerberosExecutor(BaseExecutor):
             self._adopting[ti.key] = (ti, host, ident, run_id)
             pending[ti.key] = ti
             self._submit(self._job_reattach, ti.key, host, ident, run_id)
-        deadline = self._clock() + s.connect_timeout + s.read_timeout
+        waves = -(-len(pending) // max(1, s.io_workers))  # reattaches run io_workers at a time
+        deadline = self._clock() + (s.connect_timeout + s.read_timeout) * max(1, waves)
         while any(k in self._adopting for k in pending) and self._clock() < deadline:
             time.sleep(0.05)
             self._drain_results()

@@ -42,7 +42,16 @@ MAX_START_BYTES = 1024 * 1024
 SHELL_NOT_FOUND_CODE = 0x8033805B
 
 FailureKind = Literal[
-    "unreachable", "full", "auth", "clock_skew", "python_missing", "ticket", "agent", "protocol", "shell_gone"
+    "unreachable",
+    "full",
+    "auth",
+    "clock_skew",
+    "python_missing",
+    "ticket",
+    "agent",
+    "protocol",
+    "shell_gone",
+    "ambiguous",
 ]
 
 
@@ -115,6 +124,15 @@ class ShellGone(LaunchError):
     task process died with it. Definitive for that run; nothing to retry or wait for."""
 
     kind = "shell_gone"
+
+
+class LaunchAmbiguous(LaunchError):
+    """The agent's command reached the host, then the host went silent: nobody can tell whether
+    the task started. Not retried anywhere, because a second launch could run the try twice; the
+    possibly running agent stops itself when keepalives stay away."""
+
+    kind = "ambiguous"
+    host_fault = True
 
 
 class CredentialStore(Protocol):
@@ -312,15 +330,55 @@ class TaskSession:
             if shell_id:
                 pool.id = pool.shell.id = shell_id
             pool.open()
-            self.run_id = start.run_id
+        except Exception as e:
+            self._abandon()
+            raise classify(e, h, self.principal) from e
+        self.run_id = start.run_id
+        try:
             ps = PowerShell(self._pool)
             ps.add_cmdlet(s.python).add_argument("-m").add_argument("winexec.agent")
             self._ps = ps
             ps.begin_invoke(input=_first_line_only(start.to_line().rstrip("\n")))
-            self.opened_at = time.monotonic()
         except Exception as e:
+            self._settle(classify(e, h, self.principal), start)
+        self.opened_at = time.monotonic()
+
+    def _settle(self, err: LaunchError, start: protocol.Start) -> None:
+        """The agent's command may have reached the host before ``err``: find out before anyone
+        launches this try again (elsewhere, that would run it twice).
+
+        Reattach to the run's shell (its id is the run id). An agent there means the launch
+        worked after all: the start line is sent again (an agent that has it already ignores
+        it) and the session goes on. No shell or no agent there: nothing started, ``err``
+        stands and the launch may be retried anywhere. The host silent: :class:`LaunchAmbiguous`.
+        """
+        if err.kind not in ("unreachable", "auth", "agent"):  # a real answer: nothing started
             self._abandon()
-            raise classify(e, h, self.principal) from e
+            raise err
+        self._pool = self._ps = None
+        last: LaunchError = err
+        for attempt in range(3):
+            try:
+                self.reattach(start.run_id)
+            except AgentFailure as e:
+                if "no shell of run" in e.reason or "runs no agent" in e.reason:
+                    raise err from None  # nothing runs there; reattach closed what it found
+                last = e
+            except LaunchError as e:
+                last = e
+            else:
+                self.closed = False
+                self._send(start)
+                log.warning("launch on %s: %s; the agent had started, reattached", self.host.name, err.reason)
+                return
+            self.closed = False
+            time.sleep(0.5 * (attempt + 1))
+        self.closed = True
+        raise LaunchAmbiguous(
+            f"{self.host.name} stopped answering after the agent's command was sent ({err.reason}; "
+            f"then {last.reason}): whether the task started there is unknown, so it is not started "
+            "again anywhere, which could run this try twice"
+        ) from None
 
     def send(self, msg: protocol.Message) -> None:
         """Write one protocol line to the agent's stdin (keepalive, stop)."""

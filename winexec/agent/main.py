@@ -399,8 +399,25 @@ def _configure_agent_logging(path: Any, run: AgentRun) -> None:
     structlog.configure(processors=[forward, *cfg["processors"]])
 
 
+#: How long the agent waits for its start line. A launch whose command reached the host but
+#: whose start line never followed (the host went silent in between) must not leave an agent
+#: waiting forever.
+FIRST_LINE_TIMEOUT = 120.0
+
+
 def _run(sink: EventSink, stdin: _Lines, run_class: type[AgentRun] = AgentRun) -> int:
-    line = stdin.readline()
+    def no_start_line() -> None:
+        reason = f"no start line within {FIRST_LINE_TIMEOUT:g} s"
+        sink.emit(Exit(run_id="", state="error", reason=reason))
+        os._exit(2)
+
+    timer = threading.Timer(FIRST_LINE_TIMEOUT, no_start_line)
+    timer.daemon = True
+    timer.start()
+    try:
+        line = stdin.readline()
+    finally:
+        timer.cancel()
     try:
         msg = parse_line(line)
     except ProtocolError as e:

@@ -2,7 +2,8 @@
 
 Each fault is what a real Windows host or network does: the WinRM service stops answering
 (``refuse``), responses crawl (``stall``), a connection dies during a long-poll
-(``drop_next_receive``), shells vanish (``kill_shells``), processes hang (``freeze_processes``),
+(``drop_next_receive``), an answer is lost after the host acted on the request
+(``lose_next_answer``), shells vanish (``kill_shells``), processes hang (``freeze_processes``),
 the machine reboots (``down``/``up``/``reboot``), or its clock drifts (``clock_skew``).
 """
 
@@ -22,6 +23,7 @@ class Faults:
         self._stall = 0.0
         self._stall_wake = threading.Event()
         self._drop_receives = 0
+        self._lost_answers: dict[str, bool] = {}
         self.skew = 0.0
         self.refusing = False
 
@@ -71,6 +73,18 @@ class Faults:
                 self._drop_receives -= 1
                 return True
             return False
+
+    def lose_next_answer(self, action: str = "Command", *, then_silent: bool = False) -> None:
+        """The next ``action`` request (e.g. ``Command``) is carried out, but its answer is lost to
+        a connection reset: the request reached the host and the client cannot tell. With
+        ``then_silent`` the host refuses connections from then on, until ``refuse(False)``."""
+        with self._lock:
+            self._lost_answers[action] = then_silent
+
+    def take_lost_answer(self, action_uri: str) -> bool | None:
+        """Whether to lose this answer (None: answer it), and then go silent (True)."""
+        with self._lock:
+            return self._lost_answers.pop(action_uri.rsplit("/", 1)[-1], None)
 
     def kill_shells(self) -> None:
         """Every shell closed server-side (their processes killed); clients get 'shell not found'."""

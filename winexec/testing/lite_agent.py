@@ -94,6 +94,37 @@ class LiteRun(AgentRun):
         return self.exit(state, code, reason, ti_state="success" if state == "success" else "failed")
 
 
+def make_workload(dag_id: str, task_id: str, run_id: str = "manual", try_number: int = 1) -> Any:
+    """An ``ExecuteTask`` as the scheduler makes one, for a task no Airflow database knows of.
+
+    Enough for the executor and for this agent; a Task SDK run would be refused by the API.
+    """
+    import uuid
+    from pathlib import Path
+
+    from airflow.executors.workloads.base import BundleInfo
+    from airflow.executors.workloads.task import ExecuteTask, TaskInstanceDTO
+
+    ti = TaskInstanceDTO(
+        id=uuid.uuid4(),
+        task_id=task_id,
+        dag_id=dag_id,
+        run_id=run_id,
+        try_number=try_number,
+        dag_version_id=uuid.uuid4(),
+        pool_slots=1,
+        priority_weight=1,
+        queue="default",
+    )
+    return ExecuteTask(
+        ti=ti,
+        dag_rel_path=Path(f"{dag_id}.py"),
+        bundle_info=BundleInfo(name="dags"),
+        token="t",
+        log_path=None,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv:

@@ -202,7 +202,7 @@ def test_an_agent_never_sent_its_start_line_gives_up(work: Path) -> None:
         "PYTHONPATH": os.pathsep.join([str(WINDOWSLIKE), str(REPO)]),
         "WINEXEC_SPOOL": str(work),
     }
-    code = "import sys, winexec.agent.main as m; m.FIRST_LINE_TIMEOUT = 1.0; sys.exit(m.main([]))"
+    code = "import sys, winexec.agent.main as m; m.START_LINE_TIMEOUT = 1.0; sys.exit(m.main([]))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
     )

@@ -15,6 +15,7 @@ fault and asserts the exact outcome:
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -346,6 +347,68 @@ def test_kdc_down_during_launch_is_retried_until_it_is_back(w: World) -> None:
     assert w.starts()[(key.run_id, key.try_number)] == 1
     assert len(w.markers(str(x.ti.id))) == 1
     assert ex.pool is not None and all(h.failures == 0 for h in ex.pool.hosts)  # not the hosts' fault
+
+
+@contextlib.contextmanager
+def short_tickets(realm: Realm, principal: str, life: int, renew: int) -> Iterator[None]:
+    """The principal's tickets last ``life`` s, renewable for ``renew`` s (the realm's policy)."""
+    realm.kadmin(f'modprinc -maxlife "{life} seconds" -maxrenewlife "{renew} seconds" {principal}')
+    try:
+        yield
+    finally:
+        realm.kadmin(
+            f'modprinc -maxlife "{realm.ticket_lifetime} seconds" '
+            f'-maxrenewlife "{realm.renew_lifetime} seconds" {principal}'
+        )
+
+
+def test_tickets_expiring_during_a_long_task(w: World) -> None:
+    """20 s tickets renewable for 45 s, a 60 s task: its TGT is renewed, then replaced from the
+    keytab, and the service ticket its session logged on with expires long before it ends."""
+    principal = w.realm.principal("airflow")
+    with short_tickets(w.realm, principal, 20, 45):
+        ex = w.executor()
+        (x,) = w.submit(ex, 1, {"sleep": 60})
+        key = x.ti.key
+        events = drive(ex, finished([key]), timeout=300)
+        store = ex.tickets
+        assert isinstance(store, TicketStore)
+        counters = store.counters()
+    assert events[key][0] == "success", events[key]
+    assert w.starts()[(key.run_id, key.try_number)] == 1
+    assert counters["renewals"] >= 1 and counters["acquisitions"] >= 2, counters  # renewed, then fresh
+
+
+def test_kdc_down_during_renewal_of_a_running_tasks_tickets(w: World) -> None:
+    """The KDC goes away while a task runs and its principal's TGT comes due for renewal (and
+    expires): the running task is not disturbed, renewal recovers when the KDC is back, and the
+    next task launches as usual."""
+    principal = w.realm.principal("airflow")
+    with short_tickets(w.realm, principal, 20, 300):
+        ex = w.executor()
+        store = ex.tickets
+        assert isinstance(store, TicketStore)
+        (x,) = w.submit(ex, 1, {"sleep": 45})
+        key = x.ti.key
+        drive(
+            ex, lambda ev: running_on(ex, key) is not None and w.starts()[(key.run_id, key.try_number)] == 1
+        )
+        w.realm.stop_kdc()
+        down_until = time.monotonic() + 25  # past the TGT's renewal time and its end
+
+        def kdc_back_later(ev: dict[Any, Any]) -> None:
+            assert ev.get(key, ("",))[0] != "failed", ev[key]
+            if not w.realm.kdc_running and time.monotonic() > down_until:
+                w.realm.start_kdc()
+
+        events = drive(ex, finished([key]), timeout=300, step=kdc_back_later)
+        assert events[key][0] == "success", events[key]
+        assert store.counters()["renewal_failures"] >= 1, store.counters()
+        wait_for(lambda: store.status(principal).remaining() > 10, 30, lambda: str(store.status(principal)))
+        (y,) = w.submit(ex, 1)
+        events = drive(ex, finished([y.ti.key]))
+        assert events[y.ti.key][0] == "success", events[y.ti.key]
+    assert w.starts()[(key.run_id, key.try_number)] == 1
 
 
 def test_clock_skew_on_hosts_moves_the_task_to_a_host_with_a_good_clock(w: World) -> None:

@@ -269,6 +269,37 @@ def test_a_launch_whose_answer_was_lost_finds_its_agent_instead_of_starting_anot
     assert world.stack.task_instance(DAG_ID, run_id, "hello")["state"] == "success"
 
 
+def test_an_exit_line_lost_with_a_connection_is_read_from_the_hosts_record(world: World) -> None:
+    """The Receive that carried the agent's exit line was answered by the host, but the answer
+    died with the connection: the outcome comes from the run's record on the host instead."""
+    run_id, wl = world.workload("hello")
+    start = world.start(wl)
+    sim = world.cluster.hosts[0]
+    settings = replace(world.settings, heartbeat_interval=1.0)  # as in the start message
+    session = open_session(
+        settings, world.host(0), world.realm.principal("airflow"), False, world.tickets, start
+    )
+    try:
+        seen: list[protocol.Message] = []
+        deadline = time.monotonic() + 90
+        while not of(seen, protocol.Started):
+            assert time.monotonic() < deadline, seen
+            seen += session.poll(timeout=1).messages
+        deadline = time.monotonic() + 90
+        while sim.processes():  # the agent finishes while nobody listens; its output waits on the host
+            assert time.monotonic() < deadline, sim.processes()
+            time.sleep(0.2)
+        sim.faults.lose_next_answer("Receive")  # the next Receive hands out the exit line, then dies
+        messages, _ = run_to_exit(session, timeout=60)
+    finally:
+        session.close()
+    assert sim.faults.take_lost_answer("Receive") is None  # the fault did strike
+    assert session.reconnects == 1
+    (exit_,) = of(messages, protocol.Exit)
+    assert exit_.state == "success" and "from the host's record of the run" in exit_.reason, exit_
+    assert world.stack.task_instance(DAG_ID, run_id, "hello")["state"] == "success"
+
+
 def test_a_host_silent_after_the_launch_command_is_not_launched_again(world: World) -> None:
     """The command reached the host, then the host went silent: nobody can tell whether the task
     runs, so the launch fails for good (no retry anywhere) with that reason."""

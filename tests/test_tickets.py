@@ -304,6 +304,23 @@ def test_fresh_tgt_from_keytab_once_renewable_lifetime_is_spent(
     assert store.acquisitions >= 2 and store.renewals >= 1
 
 
+def test_tickets_shorter_than_the_margin_still_work(make_realm: MakeRealm, stores: list[TicketStore]) -> None:
+    """A realm whose policy issues tickets shorter than the 300 s default margin: the margin is
+    cut to a quarter of the lifetime, and the store renews ahead of it."""
+    realm = make_realm(12, 120)
+    store = TicketStore({"kim": realm.add_principal("kim")}, retry_initial=0.2, retry_max=1)
+    stores.append(store)
+    store.start()
+    lows = []
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        cred = store.get("kim")  # the default 300 s margin would make this a TicketLifetimeError
+        lows.append(read_tgt(cred.ccache).endtime - time.time())
+        time.sleep(0.2)
+    assert min(lows) >= 3 - 0.5, min(lows)  # a quarter of 12 s, give or take a clock tick
+    assert store.renewals >= 1, store.counters()
+
+
 def test_get_refreshes_synchronously_for_min_lifetime(
     make_realm: MakeRealm, stores: list[TicketStore]
 ) -> None:

@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 STOP_WAIT = 5.0
 #: Retry delay while no host has a free slot or after a "host full" answer.
 FULL_RETRY = 2.0
+#: Between attempts to stop an agent left by an ambiguous launch.
+STRAY_RETRY = 5.0
 #: How often the watchdog sweeps all running tasks.
 SWEEP_INTERVAL = 1.0
 #: stderr lines of an agent kept for a failure message.
@@ -104,6 +106,20 @@ class TaskRecord:
         return f"{self.host.name if self.host else ''}|{self.run_id}"
 
 
+@dataclass
+class Stray:
+    """An agent that may run on a host with nobody driving it: its launch was ambiguous (the
+    command reached the host, then the host went silent). Stopped once the host answers again;
+    after ``give_up_at`` it has stopped itself (no start line, or no keepalive)."""
+
+    host: HostSpec
+    identity: Identity
+    run_id: str
+    give_up_at: float
+    next_at: float = 0.0
+    busy: bool = False
+
+
 class WindowsKerberosExecutor(BaseExecutor):
     """Runs each task instance on a Windows host over PSRP as the task's own principal."""
 
@@ -135,6 +151,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         self._adopted: set[TaskInstanceKey] = set()
         self._principals_lock = threading.Lock()
         self._job_started: dict[TaskInstanceKey, float] = {}  # written by workers, read by sweeps
+        self._strays: list[Stray] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -260,6 +277,10 @@ class WindowsKerberosExecutor(BaseExecutor):
             rec = self.records.get(heapq.heappop(self._poll_timers)[2])
             if rec is not None and rec.phase is Phase.RUNNING:
                 self._next_job(rec)
+        for stray in self._strays:
+            if not stray.busy and stray.next_at <= now and not self._closing:
+                stray.busy = True
+                self._submit(self._job_clean_stray, stray)
         if now - self._last_sweep >= SWEEP_INTERVAL:
             self._last_sweep = now
             self._sweep(now)
@@ -412,6 +433,22 @@ class WindowsKerberosExecutor(BaseExecutor):
         else:
             self._results.put(("reattached", key, (session, self._clock())))
 
+    def _job_clean_stray(self, stray: Stray) -> None:
+        assert self.tickets is not None
+        done = False
+        try:
+            session = reattach_session(
+                self._s(), stray.host, stray.identity.principal, False, self.tickets, stray.run_id
+            )
+        except AgentFailure:  # no shell, or no agent in it (closed now): nothing runs there
+            done = True
+        except Exception:  # still silent: later
+            done = False
+        else:
+            session.stop("its launch was ambiguous and the task was failed; not adopted", wait=STOP_WAIT)
+            done = True
+        self._results.put(("stray", None, (stray, done)))
+
     def _job_refresh_hosts(self, _: None) -> None:
         try:
             hosts, problems = reread_hosts(self._s())
@@ -442,6 +479,15 @@ class WindowsKerberosExecutor(BaseExecutor):
                 continue
             if kind in ("reattached", "reattach_failed"):
                 self._on_reattach_result(kind, key, payload)
+                continue
+            if kind == "stray":
+                stray, done = payload
+                stray.busy = False
+                if done or self._clock() > stray.give_up_at:
+                    self._strays.remove(stray)
+                    self.log.info("winexec: run %s on %s cleaned up", stray.run_id, stray.host.name)
+                else:
+                    stray.next_at = self._clock() + STRAY_RETRY
                 continue
             self._job_started.pop(key, None)  # type: ignore[arg-type]
             rec = self.records.get(key) if key is not None else None
@@ -499,7 +545,7 @@ class WindowsKerberosExecutor(BaseExecutor):
     def _on_launch_failed(self, rec: TaskRecord, err: LaunchError) -> None:
         assert rec.host is not None
         pool, s = self._hosts(), self._s()
-        host = rec.host.name
+        spec, host = rec.host, rec.host.name
         pool.release(host)
         rec.host = None
         metrics.incr(metrics.LAUNCH_FAILURES, host=host, cause=err.kind)
@@ -514,6 +560,9 @@ class WindowsKerberosExecutor(BaseExecutor):
             metrics.incr(metrics.RETRIES, cause=err.kind)
             self._schedule(rec, FULL_RETRY if len(rec.excluded) >= len(pool.hosts) else 0.0)
             return
+        if err.kind == "ambiguous":
+            give_up = self._clock() + self._s().keepalive_timeout + protocol.START_LINE_TIMEOUT
+            self._strays.append(Stray(spec, rec.identity, rec.run_id, give_up, self._clock() + STRAY_RETRY))
         if err.host_fault:
             if pool.launch_failed(host):
                 self.log.warning(
@@ -962,7 +1011,11 @@ class WindowsKerberosExecutor(BaseExecutor):
         phases: dict[str, int] = {}
         for r in self.records.values():
             phases[r.phase.value] = phases.get(r.phase.value, 0) + 1
-        return {"phases": phases, "hosts": self._hosts().describe() if self.pool else []}
+        return {
+            "phases": phases,
+            "hosts": self._hosts().describe() if self.pool else [],
+            "strays": [f"{x.host.name}|{x.run_id}" for x in self._strays],
+        }
 
 
 def _host(rec: TaskRecord) -> str:

@@ -25,7 +25,7 @@ from winexec.launcher import (
 )
 
 #: The agent modes a channel may run (a fixed list: no caller-chosen arguments reach the host).
-MODES = frozenset({"--self-check", "--runs", "--read-log"})
+MODES = frozenset({"--self-check", "--runs", "--read-log", "--status"})
 
 
 class HostChannel:
@@ -60,8 +60,8 @@ class HostChannel:
             raise classify(e, self.host, self.principal) from e
         return self
 
-    def agent(self, mode: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Run ``<python> -m winexec.agent <mode>`` and return its one JSON answer.
+    def agent(self, mode: str, request: dict[str, Any] | None = None, *args: str) -> dict[str, Any]:
+        """Run ``<python> -m winexec.agent <mode> [args]`` and return its one JSON answer.
 
         Raises :class:`~winexec.launcher.PythonMissing` when the interpreter is not found, and
         another :class:`~winexec.launcher.LaunchError` for transport or agent failures.
@@ -75,6 +75,8 @@ class HostChannel:
         python = self.settings.python
         ps = PowerShell(self._pool)
         ps.add_cmdlet(python).add_argument("-m").add_argument("winexec.agent").add_argument(mode)
+        for arg in args:
+            ps.add_argument(arg)
         line = json.dumps(request, ensure_ascii=True) if request is not None else None
         try:
             ps.invoke(input=[line] if line is not None else None)  # type: ignore[arg-type]  # a list is fine

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from winexec import protocol
 from winexec.config import HostSpec, Settings
@@ -291,6 +291,9 @@ class TaskSession:
         #: repaired by reattaching to the run's shell with a fresh client
         self.run_id: str | None = None
         self.reconnects = 0
+        self.exited = False  # the agent's exit line came through
+        self._heard_at = time.monotonic()  # when the agent last said anything
+        self._record_checked_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
     def _wsman(self) -> Any:
@@ -456,10 +459,67 @@ class TaskSession:
                 raise err from e
             return result  # reattached: what the agent wrote meanwhile comes with the next poll
         self._drain(result)
+        now = time.monotonic()
+        if result.messages:
+            self._heard_at = now
         if ps.state != PSInvocationState.RUNNING:
             result.finished = True
             result.failed = ps.state in (PSInvocationState.FAILED, PSInvocationState.STOPPED)
+            if self.reconnects and not self.exited:
+                self._add_recorded_exit(result)
+        elif self.reconnects and not self.exited:
+            # After a reconnect the pipeline's end may have been lost too: an agent silent for
+            # two heartbeats may have finished. Its record says so (checked now and then).
+            quiet = 2 * self.settings.heartbeat_interval
+            if now - self._heard_at > quiet and now >= self._record_checked_at + quiet:
+                self._record_checked_at = now
+                self._add_recorded_exit(result)
         return result
+
+    def _add_recorded_exit(self, result: PollResult) -> None:
+        recorded = self._recorded_exit()
+        if recorded is not None:
+            result.messages.append(recorded)
+
+    def _recorded_exit(self) -> protocol.Exit | None:
+        """The run's outcome from its record on the host, when its ``exit`` line was lost.
+
+        The answer to a Receive that carried the line can die with a broken connection (the
+        host had already handed it out); the agent's run marker on the host still says how the
+        run ended. None when there is no finished record.
+        """
+        from winexec.hostcall import HostChannel
+
+        if not self.run_id:
+            return None
+        try:  # a shell of its own: pypsrp cannot start a pipeline in a reattached one
+            with HostChannel(self.settings, self.host, self.principal, False, self._credential) as channel:
+                st = channel.agent("--status", None, self.run_id)
+        except LaunchError as e:
+            log.info("no record of run %s on %s: %s", self.run_id, self.host.name, e.reason)
+            return None
+        if (
+            not st.get("found")
+            or not st.get("finished")
+            or st.get("state") not in get_args(protocol.ExitState)
+        ):
+            return None
+        state: protocol.ExitState = st["state"]
+        log.warning(
+            "run %s on %s: exit line lost with a connection; the host's record says %s",
+            self.run_id,
+            self.host.name,
+            state,
+        )
+        self.exited = True
+        return protocol.Exit(
+            run_id=self.run_id,
+            state=state,
+            code=st.get("exit_code"),
+            reason=f"task instance {st.get('ti_state')}, exit code {st.get('exit_code')} (from the "
+            "host's record of the run: its exit line was lost with a broken connection)",
+            ti_state=st.get("ti_state"),
+        )
 
     def _drain(self, result: PollResult) -> None:
         ps = self._ps
@@ -467,9 +527,12 @@ class TaskSession:
         for item in out:
             for line in _lines(item):
                 try:
-                    result.messages.append(protocol.parse_line(line))
+                    msg = protocol.parse_line(line)
                 except protocol.ProtocolError:
                     result.foreign.append(line)
+                else:
+                    result.messages.append(msg)
+                    self.exited = self.exited or isinstance(msg, protocol.Exit)
         errors, ps.streams.error[:] = list(ps.streams.error), []
         for rec in errors:
             result.errors.append(_error_text(rec))

@@ -349,7 +349,8 @@ class TicketStore:
     """Forwardable, renewable TGTs for many principals, each in its own private ccache.
 
     ``keytabs`` maps principal to keytab path (more can be added with :meth:`add`).
-    ``safety_margin``: :meth:`get` never hands out a TGT that expires sooner than this.
+    ``safety_margin``: :meth:`get` never hands out a TGT that expires sooner than this (or a
+    quarter of the lifetime the KDC issues, when that is shorter).
     ``renew_fraction``: the background thread renews once this share of a ticket's lifetime is
     spent (jittered by ``jitter`` of the lifetime, so many principals do not hit the KDC at once),
     and always early enough to leave the margin.
@@ -586,7 +587,8 @@ class TicketStore:
         return self._dir
 
     def get(self, principal: str, min_lifetime: float | None = None) -> Credential:
-        """A credential for ``principal`` valid for at least ``max(safety_margin, min_lifetime)``.
+        """A credential for ``principal`` valid for at least ``max(margin, min_lifetime)``, the margin
+        being ``safety_margin`` or a quarter of the ticket lifetime the KDC issues, if shorter.
 
         Refreshes synchronously (renewal, or a fresh TGT from the keytab) when the cached TGT
         would not last that long. Raises a :class:`TicketError`; see :func:`is_transient`.
@@ -594,11 +596,11 @@ class TicketStore:
         if self._closed:
             raise StoreClosedError(principal, "the ticket store is closed; create a new one")
         entry = self._entry(principal)
-        need = max(self.safety_margin, min_lifetime or 0.0)
-        cred = self._valid(entry, need)
+        cred = self._valid(entry, self._need(entry.times, min_lifetime))
         if cred is not None:
             return cred
         with entry.lock:
+            need = self._need(entry.times, min_lifetime)
             cred = self._valid(entry, need)  # another caller may have refreshed it meanwhile
             if cred is not None:
                 return cred
@@ -621,6 +623,7 @@ class TicketStore:
                             raise
             finally:
                 self._wake.set()  # reschedule the background renewal for the new ticket
+            need = self._need(entry.times, min_lifetime)
             cred = self._valid(entry, need)
             if cred is None:
                 t = entry.times
@@ -703,9 +706,18 @@ class TicketStore:
             consecutive_failures=entry.failures,
         )
 
+    def _margin(self, t: _Times | None) -> float:
+        """``safety_margin``, cut to a quarter of the lifetime the KDC issues: a realm whose
+        policy issues tickets shorter than the margin still works (renewing more often)."""
+        return min(self.safety_margin, 0.25 * t.life) if t else self.safety_margin
+
+    def _need(self, t: _Times | None, min_lifetime: float | None) -> float:
+        """How long a TGT :meth:`get` hands out must stay valid."""
+        return max(self._margin(t), min_lifetime or 0.0)
+
     def _margin_need(self, t: _Times | None) -> float:
         """How long a background renewal must leave the TGT valid to be worth doing."""
-        return self.safety_margin + (0.5 * t.life if t else 0.0)
+        return self._margin(t) + (0.5 * t.life if t else 0.0)
 
     # -- internals: KDC round trips (caller holds entry.lock) ---------------------------------
     def _refresh(self, entry: _Entry, *, need: float) -> None:
@@ -815,15 +827,17 @@ class TicketStore:
         life = t.life
         frac = self.renew_fraction + random.uniform(-self.jitter, self.jitter)
         due = t.start + life * frac
-        latest = t.end - self.safety_margin - min(0.1 * life, 30.0)
-        if latest < now and not entry.warned_short:
+        margin = self._margin(t)
+        latest = t.end - margin - min(0.1 * life, 30.0)
+        if margin < self.safety_margin and not entry.warned_short:
             entry.warned_short = True
             log.warning(
-                "%s: the KDC issues %d s tickets, too short for the %.0f s safety margin; every get() "
-                "will have to refresh. Raise the principal's ticket lifetime or lower the margin.",
+                "%s: the KDC issues %d s tickets, short for the %.0f s safety margin; renewing with "
+                "a %.0f s margin instead. Raise the principal's ticket lifetime if that is too tight.",
                 entry.principal,
                 life,
                 self.safety_margin,
+                margin,
             )
         return max(min(due, latest), now + max(1.0, 0.1 * life))
 

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from winexec.protocol import (
+    START_LINE_TIMEOUT,
     Exit,
     ExitState,
     Heartbeat,
@@ -399,19 +400,13 @@ def _configure_agent_logging(path: Any, run: AgentRun) -> None:
     structlog.configure(processors=[forward, *cfg["processors"]])
 
 
-#: How long the agent waits for its start line. A launch whose command reached the host but
-#: whose start line never followed (the host went silent in between) must not leave an agent
-#: waiting forever.
-FIRST_LINE_TIMEOUT = 120.0
-
-
 def _run(sink: EventSink, stdin: _Lines, run_class: type[AgentRun] = AgentRun) -> int:
     def no_start_line() -> None:
-        reason = f"no start line within {FIRST_LINE_TIMEOUT:g} s"
+        reason = f"no start line within {START_LINE_TIMEOUT:g} s"
         sink.emit(Exit(run_id="", state="error", reason=reason))
         os._exit(2)
 
-    timer = threading.Timer(FIRST_LINE_TIMEOUT, no_start_line)
+    timer = threading.Timer(START_LINE_TIMEOUT, no_start_line)
     timer.daemon = True
     timer.start()
     try:

@@ -611,6 +611,23 @@ def test_watchdog_failed_polls_and_stuck_polls_count_by_the_clock() -> None:
     assert judge(stuck, 21.0, hung_after=15, host="h", in_flight_since=5.0) is not None
 
 
+def test_watchdog_polls_failing_for_want_of_a_ticket_are_not_the_hosts_silence() -> None:
+    """The KDC is away and the session cannot log on again: the host is not to blame and the
+    task may well run; given up only once its agent has stopped it too (keepalive timeout)."""
+    from winexec.watchdog import Liveness, judge
+
+    live = Liveness(last_heartbeat=0.0, last_poll_ok=0.0, heard=True)
+    live.poll_failed(no_ticket="KDC unreachable")
+    assert judge(live, 16.0, hung_after=15, host="h", keepalive_timeout=60) is None
+    assert judge(live, 74.0, hung_after=15, host="h", keepalive_timeout=60) is None
+    verdict = judge(live, 76.0, hung_after=15, host="h", keepalive_timeout=60)
+    assert verdict is not None and verdict.kind == "hung"
+    assert "no Kerberos ticket to reach it (KDC unreachable)" in verdict.reason
+    assert "after 60 s without keepalives" in verdict.reason
+    live.heartbeat(80.0)  # the KDC is back and the agent answers: all is forgiven
+    assert live.no_ticket is None and judge(live, 81.0, hung_after=15, host="h") is None
+
+
 def test_watchdog_start_allowance_and_deadline() -> None:
     from winexec.watchdog import Liveness, judge
 

@@ -632,7 +632,7 @@ class WindowsKerberosExecutor(BaseExecutor):
 
     def _on_poll_failed(self, rec: TaskRecord, err: LaunchError, at: float) -> None:
         assert rec.live is not None and rec.host is not None
-        rec.live.poll_failed()
+        rec.live.poll_failed(no_ticket=err.reason if err.kind == "ticket" else None)
         rec.last_error = err.reason
         if err.kind == "shell_gone":
             # the agent died with its shell (host rebooted): no heartbeat will ever come
@@ -754,13 +754,20 @@ class WindowsKerberosExecutor(BaseExecutor):
         """The watchdog over all running tasks: fail hung or overdue ones now, stop them next."""
         if len(self._facts) > len(self.queued_tasks):  # facts of workloads the scheduler took back
             self._facts = {k: v for k, v in self._facts.items() if k in self.queued_tasks}
-        hung_after, start_timeout = self._s().hung_after, self._s().start_timeout
+        s = self._s()
+        hung_after, start_timeout, keepalive_timeout = s.hung_after, s.start_timeout, s.keepalive_timeout
         for rec in list(self.records.values()):
             if rec.phase is not Phase.RUNNING or rec.live is None or rec.stop_reason is not None:
                 continue
             stuck = self._job_started.get(rec.key) if rec.busy else None
             verdict = judge(
-                rec.live, now, hung_after, _host(rec), in_flight_since=stuck, start_timeout=start_timeout
+                rec.live,
+                now,
+                hung_after,
+                _host(rec),
+                in_flight_since=stuck,
+                start_timeout=start_timeout,
+                keepalive_timeout=keepalive_timeout,
             )
             if verdict is None:
                 continue

@@ -55,6 +55,10 @@ FailureKind = Literal[
 ]
 
 
+#: A session logs on again this long (at most a quarter of its ticket's life) before its ticket ends.
+RELOGON_BEFORE = 300.0
+
+
 class LaunchError(Exception):
     """Why a task could not be started or kept running on a host.
 
@@ -208,6 +212,10 @@ def classify(exc: BaseException, host: HostSpec, principal: str) -> LaunchError:
         return HostUnreachable(f"WS-Management fault from {where}: {exc.reason or text}")
     if isinstance(exc, WinRMTransportError):
         return HostUnreachable(f"bad HTTP response from {where}: {exc.code}")
+    if type(exc).__name__ == "ExpiredContextError":  # gssapi, from a wrap/unwrap of a message
+        return TicketFailure(
+            f"the Kerberos context of {principal} with {host.name} expired (its ticket's end)", transient=True
+        )
     spnego_error = _spnego_error(exc, host, principal)
     if spnego_error is not None:
         return spnego_error
@@ -254,6 +262,11 @@ def _spnego_error(exc: BaseException, host: HostSpec, principal: str) -> LaunchE
     low = text.lower()
     if "cannot contact any kdc" in low or "cannot find kdc" in low or ("kdc" in low and "reach" in low):
         return TicketFailure(f"Kerberos: {text}", transient=True)
+    if "ticket expired" in low or "context has expired" in low:
+        return TicketFailure(
+            f"the Kerberos ticket of {principal} for {host.name} expired, no fresh one was had: {text[:200]}",
+            transient=True,
+        )
     if "clock skew" in low:
         return ClockSkew(
             f"the clock of {host.name} differs from the KDC's by more than the allowed skew (Kerberos: "
@@ -277,12 +290,18 @@ class TaskSession:
         principal: str,
         delegate: bool,
         credential: Any,
+        tickets: CredentialStore | None = None,
     ) -> None:
         self.settings = settings
         self.host = host
         self.principal = principal
         self.delegate = delegate
         self._credential = credential
+        #: where fresh credentials come from: a session logs on again with a renewed TGT before
+        #: its Kerberos context expires, and after a broken connection
+        self._tickets = tickets
+        self._logon_at = time.time()
+        self._relogon_checked_at = 0.0
         self._pool: Any = None
         self._ps: Any = None
         self.opened_at: float | None = None
@@ -421,8 +440,9 @@ class TaskSession:
         # host no longer knows the old security context -- as a 401 ("auth") or an undecryptable
         # answer ("agent"); a fresh client logs on again. Quota, ticket and shell-gone answers
         # are real answers.
-        if err.kind not in ("unreachable", "auth", "agent") or not self.run_id or self.closed:
+        if err.kind not in ("unreachable", "auth", "agent", "ticket") or not self.run_id or self.closed:
             return False
+        self._fresh_credential()  # an expired context needs a new logon; raises if none can be had
         old = (self._pool, self._ps)
         self._pool = self._ps = None
         try:
@@ -441,10 +461,54 @@ class TaskSession:
         log.warning("run %s on %s: connection lost (%s); reattached", self.run_id, self.host.name, err.reason)
         return True
 
+    def _fresh_credential(self) -> bool:
+        """Take the principal's current TGT from the store; whether it is newer than the one in use."""
+        if self._tickets is None:
+            return False
+        try:
+            cred = self._tickets.get(self.principal)
+        except Exception as e:
+            raise classify(e, self.host, self.principal) from e
+        newer = getattr(cred, "expires_at", 0.0) > getattr(self._credential, "expires_at", 0.0) + 1
+        self._credential = cred
+        return newer
+
+    def _relogon_if_due(self) -> None:
+        """Log on again with the renewed TGT before this session's Kerberos context expires.
+
+        The context lasts as long as the ticket it was made with, and both ends refuse it after
+        that; a new logon then needs the KDC. Done while the KDC answers (the store renews at
+        half-life), a KDC outage later does not cut the session off. Best effort: on failure the
+        session goes on as it was, and a broken connection is repaired as usual.
+        """
+        expires = getattr(self._credential, "expires_at", None)
+        now = time.time()
+        if self._tickets is None or expires is None or now - self._relogon_checked_at < 5:
+            return
+        self._relogon_checked_at = now
+        left = expires - now
+        if left > min(RELOGON_BEFORE, 0.25 * max(0.0, expires - self._logon_at)):
+            return
+        old = (self._pool, self._ps, self._credential)
+        try:
+            if not self._fresh_credential() or not self.run_id:
+                self._credential = old[2]
+                return
+            self._pool = self._ps = None
+            self.reattach(self.run_id)
+        except LaunchError as e:
+            self.closed = False
+            self._pool, self._ps, self._credential = old
+            log.info("run %s on %s: logging on again failed: %s", self.run_id, self.host.name, e.reason)
+            return
+        self._logon_at = now
+        log.info("run %s on %s: logged on again with a renewed ticket", self.run_id, self.host.name)
+
     def poll(self, timeout: int) -> PollResult:
         """One WS-Man Receive (waits up to ``timeout`` s on the host when there is no output)."""
         from pypsrp.complex_objects import PSInvocationState
 
+        self._relogon_if_due()
         ps = self._ps
         result = PollResult()
         if ps is None:
@@ -658,7 +722,7 @@ def reattach_session(
         cred = tickets.get(principal)
     except Exception as e:
         raise classify(e, host, principal) from e
-    session = TaskSession(settings, host, principal, delegate, cred)
+    session = TaskSession(settings, host, principal, delegate, cred, tickets)
     session.reattach(run_id)
     return session
 
@@ -721,6 +785,6 @@ def open_session(
             cred = tickets.get(principal)
     except Exception as e:
         raise classify(e, host, principal) from e
-    session = TaskSession(settings, host, principal, delegate, cred)
+    session = TaskSession(settings, host, principal, delegate, cred, tickets)
     session.open(start)
     return session

@@ -210,7 +210,7 @@ class WindowsKerberosExecutor(BaseExecutor):
 
             pool = session.scalar(select(TI.pool).where(TI.id == ti.id))
         except Exception as e:
-            self.log.warning("winexec: cannot read the pool of %s: %s", ti.key, e)
+            self.log.warning("winexec: cannot read the pool of %s: %s", ti.key, str(e))
         try:
             if self._dagbag is None:
                 from airflow.models.dagbag import DBDagBag
@@ -226,7 +226,7 @@ class WindowsKerberosExecutor(BaseExecutor):
                 if pool is None:
                     pool = getattr(task, "pool", None)
         except Exception as e:
-            self.log.warning("winexec: cannot read the task definition of %s: %s", ti.key, e)
+            self.log.warning("winexec: cannot read the task definition of %s: %s", ti.key, str(e))
         return pool, run_as_user, timeout
 
     def _process_workloads(self, workload_items: Sequence[workloads.ExecutorWorkload]) -> None:
@@ -349,7 +349,7 @@ class WindowsKerberosExecutor(BaseExecutor):
 
                 self._execution_api = get_execution_api_server_url(self.conf)
             except Exception as e:
-                self.log.warning("winexec: cannot resolve the execution API URL: %s", e)
+                self.log.warning("winexec: cannot resolve the execution API URL: %s", str(e))
                 self._execution_api = ""
         return self._execution_api or None
 
@@ -465,7 +465,7 @@ class WindowsKerberosExecutor(BaseExecutor):
                     entry = {"timestamp": now, "level": "error", "logger": "winexec.executor", "event": line}
                     f.write(json.dumps(entry) + "\n")
         except OSError as e:
-            self.log.warning("winexec: cannot write the failure reason to %s: %s", path, e)
+            self.log.warning("winexec: cannot write the failure reason to %s: %s", path, str(e))
 
     # -- results (scheduler thread) ---------------------------------------------------------
     def _drain_results(self) -> None:
@@ -854,7 +854,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             try:
                 close()
             except Exception as e:
-                self.log.warning("winexec: closing the ticket store: %s", e)
+                self.log.warning("winexec: closing the ticket store: %s", str(e))
 
     def terminate(self) -> None:
         """Stop every running task on its host (SIGTERM of the daemon), then shut down."""
@@ -911,7 +911,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             try:
                 ident = resolve(s, self._facts_for_orm_ti(ti))
             except Exception as e:  # adoption must never take the scheduler down
-                self.log.warning("winexec: cannot adopt %s: %s", ti.key, e)
+                self.log.warning("winexec: cannot adopt %s: %s", ti.key, str(e))
                 continue
             host = pool[host_name].spec
             self._adopting[ti.key] = (ti, host, ident, run_id)

@@ -623,7 +623,9 @@ class TaskSession:
                     if r.finished or any(isinstance(m, protocol.Exit) for m in r.messages):
                         break
             except Exception as e:
-                log.info("stopping on %s: %s", self.host.name, e)
+                log.info(
+                    "stopping on %s: %s", self.host.name, str(e)
+                )  # str(): a log record must not keep the error and its frames alive
         self.close()
         return collected
 
@@ -639,12 +641,12 @@ class TaskSession:
             try:
                 ps.stop()
             except Exception as e:
-                log.debug("pipeline stop on %s: %s", self.host.name, e)
+                log.debug("pipeline stop on %s: %s", self.host.name, str(e))
         if pool is not None:
             try:
                 pool.close()
             except Exception as e:
-                log.debug("closing shell on %s: %s", self.host.name, e)
+                log.debug("closing shell on %s: %s", self.host.name, str(e))
         self._ps = None
         self._pool = None
 
@@ -660,7 +662,7 @@ class TaskSession:
             self._pool.disconnect()
             return True
         except Exception as e:
-            log.info("disconnecting from %s: %s", self.host.name, e)
+            log.info("disconnecting from %s: %s", self.host.name, str(e))
             return False
         finally:
             self._ps = None
@@ -781,7 +783,7 @@ def open_session(
             if min_lifetime is None or type(e).__name__ != "TicketLifetimeError":
                 raise
             # The KDC caps lifetimes below the task's timeout: run anyway, the store renews.
-            log.warning("%s: tickets are shorter than the task's timeout (%s)", principal, e)
+            log.warning("%s: tickets are shorter than the task's timeout (%s)", principal, str(e))
             cred = tickets.get(principal)
     except Exception as e:
         raise classify(e, host, principal) from e

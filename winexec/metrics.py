@@ -84,7 +84,7 @@ def incr(name: str, **tags: str) -> None:
     try:
         stats.incr(name, tags=tags or None)
     except Exception as e:  # never let metrics break the caller
-        log.debug("metric %s: %s", name, e)
+        log.debug("metric %s: %s", name, str(e))
 
 
 def gauge(name: str, value: float, **tags: str) -> None:
@@ -94,7 +94,7 @@ def gauge(name: str, value: float, **tags: str) -> None:
     try:
         stats.gauge(name, value, tags=tags or None)
     except Exception as e:
-        log.debug("metric %s: %s", name, e)
+        log.debug("metric %s: %s", name, str(e))
 
 
 def timing(name: str, seconds: float, **tags: str) -> None:
@@ -107,7 +107,7 @@ def timing(name: str, seconds: float, **tags: str) -> None:
     try:
         stats.timing(name, timedelta(seconds=max(0.0, seconds)), tags=tags or None)
     except Exception as e:
-        log.debug("metric %s: %s", name, e)
+        log.debug("metric %s: %s", name, str(e))
 
 
 def launched(host: str, seconds: float) -> None:

@@ -183,7 +183,7 @@ def collect_log(session: TaskSession, log_path: str | None) -> Path | None:
             return dest
         return None
     except Exception as e:
-        log.warning("winexec: cannot copy the task log %s from %s: %s", log_path, session.host.name, e)
+        log.warning("winexec: cannot copy the task log %s from %s: %s", log_path, session.host.name, str(e))
         return None
     finally:
         if tmp is not None:

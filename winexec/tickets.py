@@ -819,7 +819,7 @@ class TicketStore:
         delay = float(self._backoff(_backoff_state(entry.failures)))
         entry.due = time.time() + delay
         level = logging.WARNING if exc.transient else logging.ERROR
-        log.log(level, "%s (attempt %d; next try in %.1f s)", exc, entry.failures, delay)
+        log.log(level, "%s (attempt %d; next try in %.1f s)", str(exc), entry.failures, delay)
 
     def _next_due(self, entry: _Entry, t: _Times) -> float:
         """When to renew: ``renew_fraction`` of the way through, jittered, but leaving the margin."""

@@ -623,9 +623,8 @@ class TaskSession:
                     if r.finished or any(isinstance(m, protocol.Exit) for m in r.messages):
                         break
             except Exception as e:
-                log.info(
-                    "stopping on %s: %s", self.host.name, str(e)
-                )  # str(): a log record must not keep the error and its frames alive
+                # str(): a log record must not keep the error, and its frames, alive
+                log.info("stopping on %s: %s", self.host.name, str(e))
         self.close()
         return collected
 

@@ -386,6 +386,29 @@ def test_polls_waiting_for_a_worker_are_not_a_silent_host(make_executor, transpo
     assert [_final(events, w.ti.key) for w in ws] == ["success"] * 3, events
 
 
+def test_a_poll_that_reattached_is_no_evidence_of_silence(make_executor, transport) -> None:  # type: ignore[no-untyped-def]
+    """After a broken connection the session reattaches and that poll reads nothing by design;
+    a run of such polls (a flapping network) must not make a live task look hung."""
+    ex = make_executor()  # hung_after is 0.3 s
+
+    def flapping(start: protocol.Start) -> list[Any]:
+        def reattached() -> PollResult:
+            time.sleep(0.1)
+            return PollResult(reattached=True)
+
+        return (
+            silent_script(start)
+            + [reattached] * 10  # a second of polls that reattached
+            + [PollResult(messages=[protocol.Exit(run_id=start.run_id, state="success", code=0)])]
+        )
+
+    transport.behaviour = {"win01.t": flapping, "win02.t": flapping}
+    w = _workload()
+    _queue(ex, w)
+    events = _run_until(ex, lambda: not ex.records, timeout=10)
+    assert _final(events, w.ti.key) == "success", events
+
+
 def test_hung_task_is_failed_with_the_reason_and_stopped(make_executor, transport, logs) -> None:  # type: ignore[no-untyped-def]
     ex = make_executor()
     transport.behaviour = {"win01.t": silent_script, "win02.t": silent_script}

@@ -275,6 +275,7 @@ def test_500_tasks_through_5_hosts_with_random_faults(s: Scale) -> None:
     finally:
         ex.terminate()
     print(f"faults injected: {collections.Counter(k for _, k, _ in faults.log)}")
+    print(f"outcomes: {collections.Counter(events[k][0] for k in keys)}")
 
     # none lost: every task has its outcome; none run twice: no try started more than once
     assert len(events) == 500 and all(events[k][0] in ("success", "failed") for k in keys)

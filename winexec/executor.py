@@ -620,7 +620,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             self.log.warning("winexec agent %s %s error: %s", rec.host.name, rec.run_id, line[:1000])
         if got_heartbeat:
             rec.live.heartbeat(at)
-        else:
+        elif not result.reattached:
             rec.live.polled(at)
         if outcome is not None:
             self._on_exit(rec, outcome)
@@ -646,8 +646,10 @@ class WindowsKerberosExecutor(BaseExecutor):
         if rec.live.poll_failures in (1, 10) or rec.live.poll_failures % 100 == 0:
             self.log.warning("winexec: polling %s on %s failed: %s", rec.key, rec.host.name, err.reason)
         # the first retry comes soon (a dropped connection is repaired by reattaching, a rebooted
-        # host is told by its missing shell), later ones back off
-        self._next_job(rec, delay=min(0.5 * 2.0 ** min(rec.live.poll_failures - 1, 5), 10.0))
+        # host is told by its missing shell), later ones back off -- by at most a quarter of
+        # hung_after, so that an outage shorter than that does not look like one
+        cap = min(10.0, self._s().hung_after / 4)
+        self._next_job(rec, delay=min(0.5 * 2.0 ** min(rec.live.poll_failures - 1, 5), cap))
 
     def _on_stopped(self, rec: TaskRecord, result: PollResult) -> None:
         outcome = next((m for m in result.messages if isinstance(m, protocol.Exit)), None)

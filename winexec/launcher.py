@@ -173,6 +173,9 @@ class PollResult:
     finished: bool = False
     #: the pipeline failed (PowerShell could not run the command, or it was stopped)
     failed: bool = False
+    #: the connection broke and the session reattached: this poll read nothing, which says
+    #: nothing about the agent's silence
+    reattached: bool = False
 
 
 def classify(exc: BaseException, host: HostSpec, principal: str) -> LaunchError:
@@ -521,7 +524,8 @@ class TaskSession:
             err = classify(e, self.host, self.principal)
             if not self._reconnect(err):
                 raise err from e
-            return result  # reattached: what the agent wrote meanwhile comes with the next poll
+            result.reattached = True  # what the agent wrote meanwhile comes with the next poll
+            return result
         self._drain(result)
         now = time.monotonic()
         if result.messages:

@@ -554,7 +554,8 @@ class TaskSession:
 
         The answer to a Receive that carried the line can die with a broken connection (the
         host had already handed it out); the agent's run marker on the host still says how the
-        run ended. None when there is no finished record.
+        run ended. None when there is no finished record; a host that cannot be asked right now
+        raises (:class:`LaunchError`), and the poll that asked is retried.
         """
         from winexec.hostcall import HostChannel
 
@@ -563,7 +564,7 @@ class TaskSession:
         try:  # a shell of its own: pypsrp cannot start a pipeline in a reattached one
             with HostChannel(self.settings, self.host, self.principal, False, self._credential) as channel:
                 st = channel.agent("--status", None, self.run_id)
-        except LaunchError as e:
+        except (AgentFailure, PythonMissing) as e:  # the host answered: it keeps no such record
             log.info("no record of run %s on %s: %s", self.run_id, self.host.name, e.reason)
             return None
         if (

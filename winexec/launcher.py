@@ -55,6 +55,8 @@ FailureKind = Literal[
 ]
 
 
+#: Tries to find the run's shell after an ambiguous launch failure before calling it ambiguous.
+SETTLE_ATTEMPTS = 5
 #: A session logs on again this long (at most a quarter of its ticket's life) before its ticket ends.
 RELOGON_BEFORE = 300.0
 
@@ -382,7 +384,9 @@ class TaskSession:
             raise err
         self._pool = self._ps = None
         last: LaunchError = err
-        for attempt in range(3):
+        for attempt in range(SETTLE_ATTEMPTS):
+            if attempt:
+                time.sleep(min(0.5 * 2 ** (attempt - 1), 4.0))  # 0.5, 1, 2, 4 s: a blip passes
             try:
                 self.reattach(start.run_id)
             except AgentFailure as e:
@@ -397,7 +401,6 @@ class TaskSession:
                 log.warning("launch on %s: %s; the agent had started, reattached", self.host.name, err.reason)
                 return
             self.closed = False
-            time.sleep(0.5 * (attempt + 1))
         self.closed = True
         raise LaunchAmbiguous(
             f"{self.host.name} stopped answering after the agent's command was sent ({err.reason}; "

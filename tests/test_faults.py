@@ -363,12 +363,12 @@ def short_tickets(realm: Realm, principal: str, life: int, renew: int) -> Iterat
 
 
 def test_tickets_expiring_during_a_long_task(w: World) -> None:
-    """20 s tickets renewable for 45 s, a 60 s task: its TGT is renewed, then replaced from the
+    """12 s tickets renewable for 25 s, a 32 s task: its TGT is renewed, then replaced from the
     keytab, and the service ticket its session logged on with expires long before it ends."""
     principal = w.realm.principal("airflow")
-    with short_tickets(w.realm, principal, 20, 45):
+    with short_tickets(w.realm, principal, 12, 25):
         ex = w.executor()
-        (x,) = w.submit(ex, 1, {"sleep": 60})
+        (x,) = w.submit(ex, 1, {"sleep": 32})
         key = x.ti.key
         events = drive(ex, finished([key]), timeout=300)
         store = ex.tickets
@@ -384,17 +384,17 @@ def test_kdc_down_during_renewal_of_a_running_tasks_tickets(w: World) -> None:
     expires): the running task is not disturbed, renewal recovers when the KDC is back, and the
     next task launches as usual."""
     principal = w.realm.principal("airflow")
-    with short_tickets(w.realm, principal, 20, 300):
+    with short_tickets(w.realm, principal, 12, 300):
         ex = w.executor()
         store = ex.tickets
         assert isinstance(store, TicketStore)
-        (x,) = w.submit(ex, 1, {"sleep": 45})
+        (x,) = w.submit(ex, 1, {"sleep": 30})
         key = x.ti.key
         drive(
             ex, lambda ev: running_on(ex, key) is not None and w.starts()[(key.run_id, key.try_number)] == 1
         )
         w.realm.stop_kdc()
-        down_until = time.monotonic() + 25  # past the TGT's renewal time and its end
+        down_until = time.monotonic() + 16  # past the TGT's renewal time and its end
 
         def kdc_back_later(ev: dict[Any, Any]) -> None:
             assert ev.get(key, ("",))[0] != "failed", ev[key]
@@ -404,7 +404,7 @@ def test_kdc_down_during_renewal_of_a_running_tasks_tickets(w: World) -> None:
         events = drive(ex, finished([key]), timeout=300, step=kdc_back_later)
         assert events[key][0] == "success", events[key]
         assert store.counters()["renewal_failures"] >= 1, store.counters()
-        wait_for(lambda: store.status(principal).remaining() > 10, 30, lambda: str(store.status(principal)))
+        wait_for(lambda: store.status(principal).remaining() > 5, 30, lambda: str(store.status(principal)))
         (y,) = w.submit(ex, 1)
         events = drive(ex, finished([y.ti.key]))
         assert events[y.ti.key][0] == "success", events[y.ti.key]

@@ -190,32 +190,6 @@ def _assemble(child: dict[str, Any], counts: list[int], measure_s: float) -> dic
 
 
 # -- the executor process ---------------------------------------------------------------------------
-def _workload(i: int) -> Any:
-    import uuid
-
-    from airflow.executors.workloads.base import BundleInfo
-    from airflow.executors.workloads.task import ExecuteTask, TaskInstanceDTO
-
-    ti = TaskInstanceDTO(
-        id=uuid.uuid4(),
-        task_id=f"sleep_{i:05d}",
-        dag_id="bench_scheduler_cost",
-        run_id="bench",
-        try_number=1,
-        dag_version_id=uuid.uuid4(),
-        pool_slots=1,
-        priority_weight=1,
-        queue="default",
-    )
-    return ExecuteTask(
-        ti=ti,
-        dag_rel_path=Path("bench.py"),
-        bundle_info=BundleInfo(name="dags"),
-        token="bench-token",
-        log_path=None,
-    )
-
-
 def child_main(spec: dict[str, Any], out: Path) -> None:
     import logging
 
@@ -224,6 +198,7 @@ def child_main(spec: dict[str, Any], out: Path) -> None:
     logging.basicConfig(level=logging.WARNING)
     from winexec.config import load, mapping_getter
     from winexec.executor import Phase, WindowsKerberosExecutor
+    from winexec.testing.lite_agent import make_workload
 
     proc = psutil.Process()
     counts: list[int] = spec["counts"]
@@ -258,7 +233,7 @@ def child_main(spec: dict[str, Any], out: Path) -> None:
     for n in counts:
         t_launch = time.monotonic()
         while queued < n:
-            w = _workload(queued)
+            w = make_workload("bench_scheduler_cost", f"sleep_{queued:05d}", "bench")
             ex.queued_tasks[w.ti.key] = w
             queued += 1
 

@@ -127,6 +127,7 @@ def _host_of(info: Any) -> str:
 
 
 # -- scheduler killed ------------------------------------------------------------------------------
+@pytest.mark.timeout(900)
 def test_scheduler_killed_during_50_running_tasks_and_restarted(s: Scale, tmp_path: Path) -> None:
     """SIGKILL (no ``end()``, no disconnect) with 50 tasks running; the next scheduler adopts all."""
     hosts = tuple(replace(h, slots=10) for h in s.settings.hosts)  # room for all 50 at once
@@ -256,6 +257,7 @@ class FaultInjector:
         self.undo.clear()
 
 
+@pytest.mark.timeout(900)
 def test_500_tasks_through_5_hosts_with_random_faults(s: Scale) -> None:
     seed = int(os.environ.get("WINEXEC_SOAK_SEED") or time.time())
     print(f"soak seed {seed} (WINEXEC_SOAK_SEED={seed} repeats this run's faults)")

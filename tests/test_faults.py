@@ -43,6 +43,7 @@ from .fault_kit import (
     census,
     drive,
     finished,
+    forget_captured_logs,
     grown,
     host_python,
     make_executor,
@@ -208,7 +209,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 @pytest.fixture
-def w(world: World) -> Iterator[World]:
+def w(world: World, caplog: pytest.LogCaptureFixture) -> Iterator[World]:
     """Per test: faults cleared before and after; afterwards every executor it made is shut down,
     nothing runs on the hosts, and the executor's threads and objects are back to their baseline."""
     world.reset_faults()
@@ -224,6 +225,7 @@ def w(world: World) -> Iterator[World]:
         30,
         lambda: f"threads left: {sorted(t.name for t in threading.enumerate() if t.ident not in threads)}",
     )
+    forget_captured_logs(caplog)
     wait_for(lambda: not grown(objects), 10, lambda: f"objects left: {grown(objects)}")
 
 
@@ -324,6 +326,25 @@ def test_connection_dropped_mid_receive_is_survived(w: World) -> None:
     assert w.starts()[(key.run_id, key.try_number)] == 1
     (marker,) = w.markers(str(x.ti.id))
     assert marker["state"] == "success"
+
+
+def test_revoke_ends_the_task_on_its_host(w: World) -> None:
+    """The scheduler revokes a running task (e.g. its task heartbeat timed out): no outcome is
+    reported for it, and its processes are gone from the host."""
+    from types import SimpleNamespace
+
+    ex = w.executor()
+    (x,) = w.submit(ex, 1, {"sleep": 120})
+    key = x.ti.key
+    drive(ex, lambda ev: running_on(ex, key) is not None and w.starts()[(key.run_id, key.try_number)] == 1)
+    host = w.sim(_idx(w, running_on(ex, key) or ""))
+    assert host.processes()
+    ex.revoke_task(ti=SimpleNamespace(key=key))  # type: ignore[arg-type]
+    events = drive(ex, lambda ev: not ex.records, timeout=60)
+    assert events.get(key, ("",))[0] not in ("success", "failed")  # revoked: the scheduler decides
+    wait_for(lambda: not host.processes(), 30, lambda: f"still running: {host.processes()}")
+    (marker,) = w.markers(str(x.ti.id))
+    assert marker["state"] == "stopped", marker
 
 
 def test_kdc_down_during_launch_is_retried_until_it_is_back(w: World) -> None:

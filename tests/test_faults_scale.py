@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +39,7 @@ from .fault_kit import (
     census,
     drive,
     finished,
+    forget_captured_logs,
     grown,
     host_python,
     make_executor,
@@ -109,7 +111,7 @@ def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
 
 
 @pytest.fixture
-def s(scale: Scale) -> Iterator[Scale]:
+def s(scale: Scale, caplog: pytest.LogCaptureFixture) -> Iterator[Scale]:
     """Afterwards: nothing runs on the hosts, the executor's threads and objects are back."""
     threads, objects = scheduler_side_threads(), census()
     yield scale
@@ -119,6 +121,7 @@ def s(scale: Scale) -> Iterator[Scale]:
         30,
         lambda: f"threads left: {sorted(t.name for t in threading.enumerate() if t.ident not in threads)}",
     )
+    forget_captured_logs(caplog)
     wait_for(lambda: not grown(objects), 10, lambda: f"objects left: {grown(objects)}")
 
 
@@ -175,7 +178,14 @@ def test_scheduler_killed_during_50_running_tasks_and_restarted(s: Scale, tmp_pa
             )
             for w in wls
         ]
-        assert ex.try_adopt_task_instances(tis) == []  # every one adopted, none handed back
+        gone = SimpleNamespace(  # a task whose agent is gone: handed back for the scheduler to reset
+            key=make_workload("winexec_restart", "gone").ti.key,
+            external_executor_id=f"{s.cluster.hosts[0].name}|{uuid.uuid4().hex}",
+            queue="default",
+            pool="default_pool",
+            executor_config=None,
+        )
+        assert ex.try_adopt_task_instances([*tis, gone]) == [gone]  # all 50 adopted, only it back
         keys = [w.ti.key for w in wls]
         events = drive(ex, finished(keys), timeout=180)
         assert {k: events[k][0] for k in keys} == {k: "success" for k in keys}

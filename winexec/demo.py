@@ -136,7 +136,10 @@ def run(args: argparse.Namespace) -> int:
         dags = _dags(workdir, args.dags_folder)
         say(f"winexec demo: starting a KDC, {args.hosts} stand-in Windows hosts and Airflow in {workdir}")
         t0 = time.monotonic()
-        with windows_world(workdir, dags, hosts=args.hosts, slots=args.slots) as world:
+        # A task past its execution_timeout gets 5 s to clean up (on_kill) instead of the default 30:
+        # the demo's timed-out task shows the stop without keeping everyone waiting.
+        winexec = {"execution_timeout_grace": "5"}
+        with windows_world(workdir, dags, hosts=args.hosts, slots=args.slots, winexec=winexec) as world:
             hosts = ", ".join(h.name for h in world.cluster.hosts)
             say(f"  up in {time.monotonic() - t0:.0f} s: hosts {hosts}; Airflow UI {world.stack.api_url}")
             dag_ids = _dag_ids(world, args.dags_folder is not None)

@@ -432,6 +432,24 @@ def test_kdc_down_during_renewal_of_a_running_tasks_tickets(w: World) -> None:
     assert w.starts()[(key.run_id, key.try_number)] == 1
 
 
+def test_an_ambiguous_launch_fails_once_and_its_agent_is_stopped_when_the_host_is_back(w: World) -> None:
+    """The host ran the agent's command, then went silent: the task fails at once as ambiguous
+    (never launched again), and once the host answers the executor stops the agent it left."""
+    sim = w.sim(0)
+    ex = w.executor(hosts=(w.spec(0),))
+    sim.faults.lose_next_answer("Command", then_silent=True)
+    (x,) = w.submit(ex, 1)
+    key = x.ti.key
+    events = drive(ex, finished([key]))
+    state, reason = events[key]
+    assert state == "failed" and "whether the task started there is unknown" in reason, reason
+    assert ex.describe()["strays"] and sim.processes()  # an agent waits there for its start line
+    sim.faults.refuse(False)
+    drive(ex, lambda ev: not ex.describe()["strays"], timeout=60)
+    wait_for(lambda: not sim.processes(), 30, lambda: f"still running: {sim.processes()}")
+    assert w.starts()[(key.run_id, key.try_number)] == 0  # the try never ran, and never twice
+
+
 def test_clock_skew_on_hosts_moves_the_task_to_a_host_with_a_good_clock(w: World) -> None:
     w.sim(0).faults.clock_skew(900)
     w.sim(1).faults.clock_skew(-900)

@@ -309,7 +309,9 @@ def test_network_stall_longer_than_the_heartbeat_timeout(w: World) -> None:
     wait_for(lambda: not sim.processes(), 60, lambda: f"still running on {host}: {sim.processes()}")
     assert w.starts()[(key.run_id, key.try_number)] == 1
     (marker,) = w.markers(str(x.ti.id))
-    assert marker["state"] in ("stopped", "orphaned"), marker
+    # stopped or orphaned by the agent itself -- or still "running" when closing the shell killed
+    # it before it could say so (a loaded machine); never finished as if nothing happened
+    assert marker["state"] in ("stopped", "orphaned", "running"), marker
 
 
 def test_connection_dropped_mid_receive_is_survived(w: World) -> None:

@@ -4,12 +4,14 @@ test left nothing behind (threads, objects, processes on the hosts)."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import gc
+import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,37 @@ def census() -> collections.Counter[str]:
         if isinstance(module, str) and module.startswith(_CENSUS) and not module.startswith(_NOT_COUNTED):
             counts[f"{module}.{t.__qualname__}"] += 1
     return counts
+
+
+def ledger_starts(ledger: Path, run_field: str) -> collections.Counter[tuple[str, int]]:
+    """How often each (``run_field``, try) really started, from the ledger the tasks write first."""
+    counts: collections.Counter[tuple[str, int]] = collections.Counter()
+    if ledger.exists():
+        for line in ledger.read_text().splitlines():
+            e = json.loads(line)
+            counts[(e[run_field], e["try"])] += 1
+    return counts
+
+
+def agents_running(cluster: Any) -> list[dict[str, Any]]:
+    """Every process the stand-in hosts run."""
+    return [p for h in cluster.hosts for p in h.processes()]
+
+
+@contextlib.contextmanager
+def nothing_left_behind(cluster: Any, caplog: Any) -> Iterator[None]:
+    """Around a test: afterwards nothing runs on the hosts, and the executor's threads and
+    objects are back to what they were before it."""
+    threads, objects = scheduler_side_threads(), census()
+    yield
+    wait_for(lambda: not agents_running(cluster), 60, lambda: f"left running: {agents_running(cluster)}")
+    wait_for(
+        lambda: scheduler_side_threads() <= threads,
+        30,
+        lambda: f"threads left: {sorted(t.name for t in threading.enumerate() if t.ident not in threads)}",
+    )
+    forget_captured_logs(caplog)
+    wait_for(lambda: not grown(objects), 10, lambda: f"objects left: {grown(objects)}")
 
 
 def forget_captured_logs(caplog: Any) -> None:

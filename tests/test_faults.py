@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -40,14 +39,13 @@ from winexec.testing.airflow_stack import AirflowStack
 from winexec.tickets import TicketStore
 
 from .fault_kit import (
-    census,
+    agents_running,
     drive,
     finished,
-    forget_captured_logs,
-    grown,
     host_python,
+    ledger_starts,
     make_executor,
-    scheduler_side_threads,
+    nothing_left_behind,
     wait_for,
 )
 
@@ -111,12 +109,7 @@ class World:
 
     def starts(self) -> collections.Counter[tuple[str, int]]:
         """How often each (dag run, try) of ``work`` really started, from the task's own ledger."""
-        counts: collections.Counter[tuple[str, int]] = collections.Counter()
-        if self.ledger.exists():
-            for line in self.ledger.read_text().splitlines():
-                e = json.loads(line)
-                counts[(e["run_id"], e["try"])] += 1
-        return counts
+        return ledger_starts(self.ledger, "run_id")
 
     def markers(self, ti_id: str) -> list[dict[str, Any]]:
         """The agents' run markers of one task instance, over all hosts' spools."""
@@ -127,7 +120,7 @@ class World:
         return out
 
     def agents_running(self) -> list[dict[str, Any]]:
-        return [p for h in self.cluster.hosts for p in h.processes()]
+        return agents_running(self.cluster)
 
 
 def queue_workloads(stack: AirflowStack, runs: list[str]) -> list[dict[str, Any]]:
@@ -213,20 +206,12 @@ def w(world: World, caplog: pytest.LogCaptureFixture) -> Iterator[World]:
     """Per test: faults cleared before and after; afterwards every executor it made is shut down,
     nothing runs on the hosts, and the executor's threads and objects are back to their baseline."""
     world.reset_faults()
-    threads, objects = scheduler_side_threads(), census()
     made = len(world.made)
-    yield world
-    _terminate(world.made[made:])
-    del world.made[made:]
-    world.reset_faults()
-    wait_for(lambda: not world.agents_running(), 60, lambda: f"left running: {world.agents_running()}")
-    wait_for(
-        lambda: scheduler_side_threads() <= threads,
-        30,
-        lambda: f"threads left: {sorted(t.name for t in threading.enumerate() if t.ident not in threads)}",
-    )
-    forget_captured_logs(caplog)
-    wait_for(lambda: not grown(objects), 10, lambda: f"objects left: {grown(objects)}")
+    with nothing_left_behind(world.cluster, caplog):
+        yield world
+        _terminate(world.made[made:])
+        del world.made[made:]
+        world.reset_faults()
 
 
 def _terminate(executors: list[WindowsKerberosExecutor]) -> None:

@@ -18,7 +18,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,14 +35,13 @@ from winexec.sim.testing import running_cluster
 from winexec.testing.lite_agent import make_workload
 
 from .fault_kit import (
-    census,
+    agents_running,
     drive,
     finished,
-    forget_captured_logs,
-    grown,
     host_python,
+    ledger_starts,
     make_executor,
-    scheduler_side_threads,
+    nothing_left_behind,
     wait_for,
 )
 
@@ -67,15 +65,10 @@ class Scale:
 
     def starts(self) -> collections.Counter[tuple[str, int]]:
         """How often each (task instance, try) really started, from the tasks' own ledger."""
-        counts: collections.Counter[tuple[str, int]] = collections.Counter()
-        if self.ledger.exists():
-            for line in self.ledger.read_text().splitlines():
-                e = json.loads(line)
-                counts[(e["ti"], e["try"])] += 1
-        return counts
+        return ledger_starts(self.ledger, "ti")
 
     def agents_running(self) -> list[dict[str, Any]]:
-        return [p for h in self.cluster.hosts for p in h.processes()]
+        return agents_running(self.cluster)
 
 
 @pytest.fixture(scope="module")
@@ -113,16 +106,8 @@ def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
 @pytest.fixture
 def s(scale: Scale, caplog: pytest.LogCaptureFixture) -> Iterator[Scale]:
     """Afterwards: nothing runs on the hosts, the executor's threads and objects are back."""
-    threads, objects = scheduler_side_threads(), census()
-    yield scale
-    wait_for(lambda: not scale.agents_running(), 60, lambda: f"left running: {scale.agents_running()}")
-    wait_for(
-        lambda: scheduler_side_threads() <= threads,
-        30,
-        lambda: f"threads left: {sorted(t.name for t in threading.enumerate() if t.ident not in threads)}",
-    )
-    forget_captured_logs(caplog)
-    wait_for(lambda: not grown(objects), 10, lambda: f"objects left: {grown(objects)}")
+    with nothing_left_behind(scale.cluster, caplog):
+        yield scale
 
 
 def _host_of(info: Any) -> str:

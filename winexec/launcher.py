@@ -449,13 +449,8 @@ class TaskSession:
         if err.kind not in ("unreachable", "auth", "agent", "ticket") or not self.run_id or self.closed:
             return False
         self._fresh_credential()  # an expired context needs a new logon; raises if none can be had
-        old = (self._pool, self._ps)
-        self._pool = self._ps = None
-        try:
-            self.reattach(self.run_id)
-        except LaunchError as e:
-            self.closed = False  # reattach gave up on its own new client, not on the session
-            self._pool, self._ps = old
+        e = self._reattach_or_keep(self.run_id)
+        if e is not None:
             if isinstance(e, AgentFailure) and "no shell of run" in e.reason:
                 raise ShellGone(
                     f"the WinRM shell of this run is gone from {self.host.name} (the host rebooted or "
@@ -466,6 +461,19 @@ class TaskSession:
         self.reconnects += 1
         log.warning("run %s on %s: connection lost (%s); reattached", self.run_id, self.host.name, err.reason)
         return True
+
+    def _reattach_or_keep(self, run_id: str) -> LaunchError | None:
+        """Reattach to the run's shell with a fresh client; on failure the session stays as it was
+        (reattach gave up on its own new client, not on the session) and the error is returned."""
+        old = (self._pool, self._ps)
+        self._pool = self._ps = None
+        try:
+            self.reattach(run_id)
+        except LaunchError as e:
+            self.closed = False
+            self._pool, self._ps = old
+            return e
+        return None
 
     def _fresh_credential(self) -> bool:
         """Take the principal's current TGT from the store; whether it is newer than the one in use."""
@@ -495,17 +503,16 @@ class TaskSession:
         left = expires - now
         if left > min(RELOGON_BEFORE, 0.25 * max(0.0, expires - self._logon_at)):
             return
-        old = (self._pool, self._ps, self._credential)
+        previous, newer = self._credential, False
         try:
-            if not self._fresh_credential() or not self.run_id:
-                self._credential = old[2]
-                return
-            self._pool = self._ps = None
-            self.reattach(self.run_id)
-        except LaunchError as e:
-            self.closed = False
-            self._pool, self._ps, self._credential = old
-            log.info("run %s on %s: logging on again failed: %s", self.run_id, self.host.name, e.reason)
+            newer = self._fresh_credential()
+            e = self._reattach_or_keep(self.run_id) if newer and self.run_id else None
+        except LaunchError as err:
+            e = err
+        if not newer or e is not None:
+            self._credential = previous
+            if e is not None:
+                log.info("run %s on %s: logging on again failed: %s", self.run_id, self.host.name, e.reason)
             return
         self._logon_at = now
         log.info("run %s on %s: logged on again with a renewed ticket", self.run_id, self.host.name)

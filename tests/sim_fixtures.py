@@ -1,7 +1,8 @@
 """Fixtures the stand-in's own tests share: one realm and cluster per module.
 
 A module imports them (``from tests.sim_fixtures import host, realm, sim``) and may set
-``SIM_HOSTS`` / ``SIM_PRINCIPALS`` to size its cluster (1 host, the ``airflow`` user by default).
+``SIM_HOSTS`` / ``SIM_PRINCIPALS`` to size its cluster (1 host, the ``airflow`` user by default)
+and ``SIM_CLUSTER`` for other SimCluster options.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def sim(
 ) -> Iterator[tuple[Realm, SimCluster]]:
     hosts = getattr(request.module, "SIM_HOSTS", 1)
     principals = getattr(request.module, "SIM_PRINCIPALS", ("airflow",))
-    with running_cluster(tmp_path_factory.mktemp("simrealm"), hosts, principals) as rc:
+    extra = getattr(request.module, "SIM_CLUSTER", {})  # more SimCluster options
+    with running_cluster(tmp_path_factory.mktemp("simrealm"), hosts, principals, **extra) as rc:
         yield rc
 
 

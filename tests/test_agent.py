@@ -218,9 +218,9 @@ def test_stdin_eof_alone_does_not_stop_the_task(runner: Runner) -> None:
 
 def test_second_start_of_the_same_try_is_refused(runner: Runner) -> None:
     _run_id, wl = runner.workload("push")
-    first = runner.launch(wl)
+    first = runner.launch(wl, launch_key="workload-1")
     assert first.finish().state == "success"
-    second = runner.launch(wl)
+    second = runner.launch(wl, launch_key="workload-1")  # the executor retrying the same launch
     ex = second.finish()
     assert ex.state == "duplicate", second.describe()
     assert first.start_msg.run_id in ex.reason

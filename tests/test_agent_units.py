@@ -136,11 +136,11 @@ def test_containment_terminate_is_polite() -> None:
 
 # -- spool -------------------------------------------------------------------------------------
 def test_spool_claim_is_exclusive_and_findable(work: Path) -> None:
-    m, fresh = spool.claim("ti-1", 1, "run-a", base=work)
+    m, fresh = spool.claim("ti-1", 1, "run-a", base=work, launch_key="k1")
     assert fresh and m.data["run_id"] == "run-a"
-    again, fresh2 = spool.claim("ti-1", 1, "run-b", base=work)
+    again, fresh2 = spool.claim("ti-1", 1, "run-b", base=work, launch_key="k1")
     assert not fresh2 and again.data["run_id"] == "run-a"
-    _, fresh3 = spool.claim("ti-1", 2, "run-c", base=work)
+    _, fresh3 = spool.claim("ti-1", 2, "run-c", base=work, launch_key="k1")
     assert fresh3
     m.update(task_pid=123, state="running")
     found = spool.find("run-a", base=work)
@@ -149,6 +149,28 @@ def test_spool_claim_is_exclusive_and_findable(work: Path) -> None:
     assert found.stop_requested() is None
     found.request_stop("because")
     assert m.stop_requested() == "because"
+
+
+def test_spool_claim_is_keyed_by_try_and_launch_key(work: Path) -> None:
+    """A retried launch (same key) is a duplicate; a re-queue of the try (new key) is not."""
+    ti = "0199c0de-0000-7000-8000-000000000001"
+    first, fresh = spool.claim(ti, 3, "run-a", base=work, launch_key="k1")
+    again, fresh2 = spool.claim(ti, 3, "run-b", base=work, launch_key="k1")
+    assert fresh and not fresh2 and again.data["run_id"] == "run-a"
+    first.update(state="success", finished=time.time())
+    poke2, fresh3 = spool.claim(ti, 3, "run-c", base=work, launch_key="k2")  # e.g. a reschedule
+    assert fresh3 and poke2.data["launch_key"] == "k2" and poke2.path != first.path
+    assert spool.find("run-a", base=work) is not None and spool.find("run-c", base=work) is not None
+    # No key: the run id is the key (old callers), so each launch claims its own marker.
+    _, fresh4 = spool.claim(ti, 3, "run-d", base=work)
+    _, fresh5 = spool.claim(ti, 3, "run-d", base=work)
+    assert fresh4 and not fresh5
+    # Names stay NTFS-safe whatever the key holds; distinct keys never share a name.
+    _, odd = spool.claim(ti, 3, "run-e", base=work, launch_key='a:b\\c/"*?<>|' + "x" * 300)
+    _, odd2 = spool.claim(ti, 3, "run-f", base=work, launch_key="a:b")
+    assert odd and odd2
+    for path in work.iterdir():
+        assert re.fullmatch(r"[A-Za-z0-9.-]+", path.name) and len(path.name) < 120, path.name
 
 
 def test_spool_dir_honours_env(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -282,3 +304,71 @@ def test_admission_ranks_live_runs_of_this_computer_by_claim_time(tmp_path: Path
     assert spool.admitted(second, 2, alive, tmp_path)
     (tmp_path / "being-written.json").write_text("")  # claimed, not yet written: counts as ahead
     assert not spool.admitted(first, 1, alive, tmp_path)
+
+
+# -- file names on the host --------------------------------------------------------------------
+AIRFLOW_LOG = "dag_id=d/run_id=scheduled__2026-01-01T00:00:00+00:00/task_id=t/attempt=1.log"
+TRICKY = ["a:b", "a%3Ab", "a%b", "a%25b", "CON", "%43ON", "con.txt", "x.", "x%2E", "x ", 'q"<>|?*\\\x01', "."]
+
+
+def test_host_path_encodes_what_ntfs_refuses() -> None:
+    from winexec.protocol import host_path
+
+    assert host_path(AIRFLOW_LOG) == (
+        "dag_id=d/run_id=scheduled__2026-01-01T00%3A00%3A00+00%3A00/task_id=t/attempt=1.log"
+    )
+    assert host_path("a:b/100%") == "a%3Ab/100%25"
+    assert host_path("CON/nul.txt/Lpt1/com9.tar.gz/CONX/console") == (
+        "%43ON/%6Eul.txt/%4Cpt1/%63om9.tar.gz/CONX/console"
+    )
+    assert host_path("trailing./space /a..") == "trailing%2E/space%20/a.%2E"
+    assert host_path('q"<>|?*\\\x01') == "q%22%3C%3E%7C%3F%2A%5C%01"
+    assert host_path("plain/dag_id=d/attempt=1.log") == "plain/dag_id=d/attempt=1.log"
+
+
+def test_host_path_is_injective() -> None:
+    from winexec.protocol import host_path
+
+    mapped = [host_path(name) for name in TRICKY]
+    assert len(set(mapped)) == len(TRICKY), mapped
+    assert host_path("a:b") != host_path("a%3Ab") and host_path("CON") != host_path("%43ON")
+    for name, out in zip(TRICKY, mapped, strict=True):  # every '%' starts an escape: decoding gives it back
+        assert re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m[1], 16)), out) == name
+
+
+def test_host_path_names_pass_the_windows_like_checks(work: Path) -> None:
+    names = [AIRFLOW_LOG, *(f"d/{n}" for n in TRICKY if n != ".")]
+    code = (
+        "import os, sys\n"
+        "from winexec.protocol import host_path\n"
+        "for rel in sys.argv[1:]:\n"
+        f"    path = os.path.join({str(work)!r}, host_path(rel))\n"
+        "    os.makedirs(os.path.dirname(path), exist_ok=True)\n"
+        "    open(path, 'w').close()\n"
+        "try:\n"
+        f"    os.makedirs(os.path.join({str(work)!r}, 'raw', sys.argv[1]))\n"
+        "except OSError as e:\n"
+        "    print(e.winerror)\n"
+    )
+    full = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WINDOWSLIKE), str(REPO)])}
+    r = subprocess.run(
+        [sys.executable, "-c", code, *names], env=full, capture_output=True, text=True, timeout=120
+    )
+    assert (r.returncode, r.stdout) == (0, "123\n"), r.stderr
+
+
+def test_read_log_finds_the_host_file_when_asked_with_the_airflow_path(work: Path) -> None:
+    from winexec.agent import hostlog
+    from winexec.protocol import host_path
+
+    host_file = work / host_path(AIRFLOW_LOG)
+    host_file.parent.mkdir(parents=True)
+    host_file.write_text("line one\nline two\n")
+    page = hostlog.read_log({"path": AIRFLOW_LOG}, base=work)
+    assert page["found"] and page["data"] == "line one\nline two\n" and page["eof"], page
+    assert hostlog.safe_log_path(work, AIRFLOW_LOG) == host_file.resolve()
+    assert not hostlog.read_log({"path": "dag_id=d/../../etc/passwd"}, base=work)["found"]
+    assert hostlog.read_log({"path": AIRFLOW_LOG.replace("t/", "other/")}, base=work) == {
+        "found": False,
+        "path": AIRFLOW_LOG.replace("t/", "other/"),
+    }

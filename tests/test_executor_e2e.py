@@ -1,4 +1,4 @@
-"""End to end: a real Airflow (api-server, scheduler, dag-processor on SQLite) with
+"""End to end: a real Airflow (api-server, scheduler, dag-processor, triggerer on SQLite) with
 ``executor = winexec.WindowsKerberosExecutor`` running a whole DAG on three stand-in Windows hosts.
 
 The executor lives inside the scheduler process, so everything it needs comes the way it would
@@ -37,6 +37,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         hosts=3,
         slots=SLOTS,
         principals=("airflow", "alice"),
+        triggerer=True,  # deferrable_sensor
         host_env={"WINEXEC_E2E_SECOND_HOP": "HTTP@win02.winexec.test"},
         winexec={
             "heartbeat_interval": "1",
@@ -113,6 +114,13 @@ def test_a_whole_dag_runs_on_the_windows_hosts(world: World, stack: AirflowStack
         assert m and m.group(3) == who, (task_id, log[:3000])
         hosts.add(m.group(1))
     assert len(hosts) >= 2, hosts  # spread over the pool
+    # Sensors hand the same try back to the executor: each poke of a reschedule-mode sensor, and
+    # a deferred task resuming after its trigger fired. Every one ran on a host, as that try.
+    assert stack.xcom(DAG_ID, run_id, "reschedule_sensor") == {"pokes": 3, "try_number": 1}
+    for task_id, runs in (("reschedule_sensor", 3), ("deferrable_sensor", 2)):
+        assert tis[(task_id, -1)]["try_number"] == 1, tis[(task_id, -1)]
+        log = _log_text(stack, DAG_ID, run_id, task_id, 1, -1)
+        assert len(re.findall(r"winexec: running on WIN0[123] as ", log)) == runs, (task_id, log[-5000:])
     # the pool's slots were respected throughout, as counted by the hosts themselves
     for h in world.cluster.hosts:
         assert 0 < _peak_concurrency(h.pipeline_log) <= SLOTS, (h.name, h.pipeline_log)

@@ -76,6 +76,31 @@ def test_psutil_works_but_its_posix_imports_do_not_leak(realm: Realm, host: SimH
     assert ps.output == ["True", "ModuleNotFoundError"], ps.streams.error
 
 
+def test_invalid_ntfs_names_are_refused_as_windows_does(realm: Realm, host: SimHost) -> None:
+    # ERROR_INVALID_NAME (123), which CPython on Windows reports as errno EINVAL.
+    script = (
+        "import errno, os, pathlib, tempfile\n"
+        "d = pathlib.Path(tempfile.mkdtemp())\n"
+        "(d / 'x').write_text('x')\n"
+        "for what in [lambda: (d / 'run_id=scheduled__2026-01-01T00:00:00+00:00').mkdir(),\n"
+        "             lambda: open(d / 'a|b.txt', 'w'), lambda: open(str(d / 'nul.txt'), 'w'),\n"
+        "             lambda: open(d / 'trailing.', 'w'), lambda: os.rename(d / 'x', d / 'x:y')]:\n"
+        "    try:\n"
+        "        what()\n"
+        "        print('created')\n"
+        "    except OSError as e:\n"
+        "        print(e.errno == errno.EINVAL, e.winerror, e.strerror)\n"
+        "(d / 'run_id=scheduled__2026-01-01T00%3A00%3A00+00%3A00').mkdir()\n"
+        "os.rename(d / 'x', d / 'run_id=scheduled__2026-01-01T00%3A00%3A00+00%3A00' / 'attempt=1.log')\n"
+        "print(sorted(p.name for p in d.rglob('*')))\n"
+    )
+    ps = _run(host, realm, script)
+    refused = "True 123 The filename, directory name, or volume label syntax is incorrect"
+    assert ps.output == [refused] * 5 + [
+        "['attempt=1.log', 'run_id=scheduled__2026-01-01T00%3A00%3A00+00%3A00']"
+    ], ps.streams.error
+
+
 def test_off_switch(realm: Realm, host: SimHost) -> None:
     host.windows_like = False
     try:

@@ -2,7 +2,7 @@
 
 Brings up a real MIT KDC on loopback, three ``winexec.sim`` hosts in windows-like mode (no fork,
 no fcntl... for everything that runs on them) and a real Airflow (api-server, scheduler,
-dag-processor on SQLite) with ``executor = winexec.WindowsKerberosExecutor``; triggers the
+dag-processor, triggerer on SQLite) with ``executor = winexec.WindowsKerberosExecutor``; triggers the
 example DAG and prints, per task, its state, try, the host it ran on and the Windows identity it
 ran as (both read from the task's own log through the Airflow API). Everything stops on exit.
 """
@@ -139,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
         # A task past its execution_timeout gets 5 s to clean up (on_kill) instead of the default 30:
         # the demo's timed-out task shows the stop without keeping everyone waiting.
         winexec = {"execution_timeout_grace": "5"}
-        with windows_world(workdir, dags, hosts=args.hosts, slots=args.slots, winexec=winexec) as world:
+        with windows_world(
+            workdir, dags, hosts=args.hosts, slots=args.slots, winexec=winexec, triggerer=True
+        ) as world:
             hosts = ", ".join(h.name for h in world.cluster.hosts)
             say(f"  up in {time.monotonic() - t0:.0f} s: hosts {hosts}; Airflow UI {world.stack.api_url}")
             dag_ids = _dag_ids(world, args.dags_folder is not None)

@@ -85,6 +85,9 @@ class TaskRecord:
     identity: Identity
     execution_timeout: float | None
     run_id: str = ""
+    #: Made once per accepted workload; every launch attempt of it carries it (``Start.launch_key``),
+    #: so the host refuses a retried launch that already reached it, never a re-queue of the try.
+    launch_key: str = field(default_factory=lambda: uuid.uuid4().hex)
     attempt: int = 0
     phase: Phase = Phase.WAITING
     host: HostSpec | None = None
@@ -333,6 +336,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         return protocol.Start(
             workload=rec.workload.model_dump(mode="json"),
             run_id=rec.run_id,
+            launch_key=rec.launch_key,
             heartbeat_interval=s.heartbeat_interval,
             keepalive_timeout=s.keepalive_timeout,
             execution_timeout=rec.execution_timeout,
@@ -676,8 +680,8 @@ class WindowsKerberosExecutor(BaseExecutor):
             self._on_launch_failed(rec, HostFull(f"{_host(rec)}: {msg.reason}"))
             return
         if msg.state == "duplicate":
-            # Another run already has this try on that host (e.g. from a previous scheduler):
-            # it drives the task instance; failing it here would fail that run's work.
+            # An earlier attempt of this very launch (same launch key) reached that host after
+            # all: that run drives the task instance; failing it here would fail its work.
             self.log.warning("winexec: %s not started on %s: %s", rec.key, _host(rec), msg.reason)
             rec.reported = True
             self._done(rec, stop_session=True)

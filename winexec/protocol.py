@@ -55,6 +55,11 @@ class Start(Message):
     workload: dict[str, Any]
     #: Unique per launch attempt; names the agent's run on the host (adoption, idempotence).
     run_id: str
+    #: Names the accepted workload, the same for every launch attempt of it (a retried launch
+    #: keeps it, a re-queue such as a sensor's reschedule or a resumed deferral gets a new one):
+    #: the agent refuses a second start of (task instance, try, key) on its host. ``""``: the
+    #: ``run_id`` (each launch its own key).
+    launch_key: str = ""
     heartbeat_interval: float = 5.0
     #: Stop the task when no ``keepalive`` arrived for this long; 0 disables the check.
     keepalive_timeout: float = 0.0
@@ -147,3 +152,35 @@ def parse_line(line: str | bytes) -> Message:
         return cls(**{k: v for k, v in obj.items() if k in names})
     except TypeError as e:
         raise ProtocolError(f"bad {cls.type!r} message: {e}") from e
+
+
+# -- file names on the host ----------------------------------------------------------------
+#: Characters no NTFS name may hold, plus ``%`` (the escape itself, so the mapping is injective).
+_HOST_ESCAPED = frozenset('<>:"|?*\\%' + "".join(map(chr, range(32))))
+#: Win32 device names, reserved in every directory, with any extension too (``nul.txt``).
+_HOST_DEVICES = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"{d}{n}" for d in ("COM", "LPT") for n in "123456789\xb9\xb2\xb3"]
+)
+
+
+def _host_name(name: str) -> str:
+    if name in ("", ".", ".."):
+        return name  # path syntax, no name (hostlog refuses ``..`` before mapping)
+    out = "".join(f"%{ord(c):02X}" if c in _HOST_ESCAPED else c for c in name)
+    if out[-1] in ". ":
+        out = f"{out[:-1]}%{ord(out[-1]):02X}"
+    if out.partition(".")[0].upper() in _HOST_DEVICES:
+        out = f"%{ord(out[0]):02X}{out[1:]}"
+    return out
+
+
+def host_path(relative: str) -> str:
+    """``relative`` (``/``-separated) with every component a valid NTFS name; injective.
+
+    Airflow's log path (``.../run_id=scheduled__2026-01-01T00:00:00+00:00/...``) holds ``:``,
+    which Windows refuses in a name. Each character NTFS refuses, ``%`` itself, a trailing dot or
+    space and the first letter of a device name (``CON`` -> ``%43ON``) become ``%XX``. The agent
+    writes and reads host files under this name; the scheduler keeps Airflow's path and asks with
+    it (the agent maps it again), so nobody ever needs the reverse.
+    """
+    return "/".join(_host_name(part) for part in relative.split("/"))

@@ -6,10 +6,23 @@ import os
 import time
 from datetime import timedelta
 
-from airflow.sdk import Variable, dag, get_current_context, task
+from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
+from airflow.providers.standard.sensors.python import PythonSensor
+from airflow.sdk import PokeReturnValue, Variable, dag, get_current_context, task
 
 #: the second principal's tasks prove the double hop by getting a ticket for this service
 SECOND_HOP = os.environ.get("WINEXEC_E2E_SECOND_HOP", "HTTP@win02.winexec.test")
+
+
+#: ``reschedule_sensor`` is done on this poke; every poke is a new task process (maybe another host)
+POKES = 3
+
+
+def _third_poke(ti: object, task_reschedule_count: int = 0) -> PokeReturnValue:
+    """Airflow counts the reschedules of this try; no state of our own between pokes."""
+    poke = task_reschedule_count + 1
+    done = poke >= POKES
+    return PokeReturnValue(done, {"pokes": poke, "try_number": getattr(ti, "try_number", None)})
 
 
 @dag(schedule=None, catchup=False, max_active_tasks=16)
@@ -76,6 +89,14 @@ def winexec_e2e() -> None:
     flaky()
     too_slow()
     double_hop()
+    # the same try comes back to the executor: each poke, and the resume after the trigger fired
+    PythonSensor(
+        task_id="reschedule_sensor", mode="reschedule", poke_interval=3, timeout=300, python_callable=_third_poke
+    )
+    DateTimeSensorAsync(  # the trigger waits in the triggerer; the resume runs on a host again
+        task_id="deferrable_sensor",
+        target_time="{{ (ti.start_date + macros.timedelta(seconds=5)).isoformat() }}",
+    )
 
 
 winexec_e2e()

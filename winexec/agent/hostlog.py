@@ -18,6 +18,8 @@ import sys
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from winexec.protocol import host_path
+
 #: Largest page one ``--read-log`` answer carries (the caller may ask for less).
 MAX_PAGE = 4 * 1024 * 1024
 DEFAULT_PAGE = 512 * 1024
@@ -42,14 +44,17 @@ def base_log_folder() -> Path:
 
 
 def safe_log_path(base: Path, relative: str) -> Path:
-    """``base/relative`` if it is a relative path that stays inside ``base``; else ``ValueError``."""
+    """``base/relative`` if it is a relative path that stays inside ``base``; else ``ValueError``.
+
+    ``relative`` is Airflow's log path; the file is under its NTFS-safe ``host_path`` name.
+    """
     if not relative or "\x00" in relative:
         raise ValueError("empty log path")
     for flavour in (PurePosixPath(relative), PureWindowsPath(relative)):
         if flavour.is_absolute() or flavour.anchor or ".." in flavour.parts:
             raise ValueError("the log path must be relative to the log folder, without '..'")
     root = os.path.realpath(base)
-    target = os.path.realpath(os.path.join(root, relative))
+    target = os.path.realpath(os.path.join(root, host_path(relative)))
     if os.path.commonpath([root, target]) != root:
         raise ValueError("the log path leaves the log folder")
     return Path(target)

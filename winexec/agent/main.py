@@ -10,8 +10,9 @@ Modes::
     python -m winexec.agent --read-log       # stdin {"path", "offset", "limit"}: one page of a task log
 
 In run mode stdout carries protocol lines only (``started``, ``heartbeat``, ``log``, and always a
-final ``exit``); everything else goes to ``<spool>/<ti>.try<N>.log``. The token arrives on stdin
-and lives only in this process's memory: never on a command line, in the environment, or a log.
+final ``exit``); everything else goes to ``<spool>/<ti>.try<N>.<launch key>.log``. The token
+arrives on stdin and lives only in this process's memory: never on a command line, in the
+environment, or a log.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from winexec.protocol import (
     Start,
     Started,
     Stop,
+    host_path,
     parse_line,
 )
 
@@ -221,14 +223,20 @@ class AgentRun:
         return ti
 
     def claim(self, ti: Any) -> int | None:
-        """Claim this try on this host (once only, within the host's slots); the exit code if refused.
+        """Claim this launch of the try on this host (once per launch key, within the host's slots).
+
+        Returns the exit code if refused. A retried launch of one workload carries its launch key
+        and is refused as ``duplicate``; a re-queue of the same try (reschedule, resumed deferral)
+        has a new key and runs.
 
         From here on fd 1 is the run's diagnostics file: protocol lines go through the sink only.
         """
         from winexec.agent import spool
 
         try:
-            self.marker, fresh = spool.claim(str(ti.id), ti.try_number, self.start.run_id, extra=_who(ti))
+            self.marker, fresh = spool.claim(
+                str(ti.id), ti.try_number, self.start.run_id, extra=_who(ti), launch_key=self.start.launch_key
+            )
         except OSError as e:
             return self.exit("error", None, f"cannot create run marker: {e}")
         if not fresh:
@@ -237,7 +245,8 @@ class AgentRun:
             return self.exit(
                 "duplicate",
                 None,
-                f"try {ti.try_number} of task instance {ti.id} was already started on this host "
+                f"try {ti.try_number} of task instance {ti.id} (launch key "
+                f"{other.get('launch_key', self.start.launch_key)!r}) was already started on this host "
                 f"by run {other.get('run_id')!r} (state {other.get('state')!r})",
             )
         marker = self.marker
@@ -295,7 +304,7 @@ class AgentRun:
                 dag_rel_path=self.dag_rel_path,
                 token=self.token,
                 server=server,
-                log_path=wl.get("log_path"),
+                log_path=None if wl.get("log_path") is None else host_path(wl["log_path"]),
                 sentry_integration=str(wl.get("sentry_integration") or ""),
             )
         except Exception as e:

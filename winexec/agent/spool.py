@@ -1,15 +1,20 @@
-"""Per-host run markers: refuse a second start of the same try, and let a later agent find a run.
+"""Per-host run markers: refuse a second start of the same launch, and let a later agent find a run.
 
-One JSON file per (task instance id, try number), created with ``O_EXCL`` so exactly one agent
-wins even if the executor launches twice (retry after a lost reply, failover). It records the
-launch's ``run_id``, the agent's pid, the task's pid and the outcome, which is what
-``--status``/``--stop`` need. A stop request is a sibling ``.stop`` file the running agent polls,
-so stopping works across users and platforms without signals.
+One JSON file per (task instance id, try number, launch key), created with ``O_EXCL`` so exactly
+one agent wins when the executor retries a launch whose first attempt may have reached the host
+(an ambiguous launch retried, possibly on the same host): every attempt for one accepted workload
+carries the same launch key. A legitimate re-queue of the same try (a reschedule-mode sensor's
+next poke, a deferred task resuming after its trigger fired) is a new workload with a new key,
+so it claims its own marker. It records the launch's ``run_id``, the agent's pid, the task's pid
+and the outcome, which is what ``--status``/``--stop`` need. A stop request is a sibling
+``.stop`` file the running agent polls, so stopping works across users and platforms without
+signals.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -66,23 +71,43 @@ class Marker:
         self.stop_path.write_text(reason)
 
 
-def _key(ti_id: str, try_number: int) -> str:
-    safe = "".join(c for c in ti_id if c.isalnum() or c == "-")
-    return f"{safe}.try{int(try_number)}"
+#: Longest launch key used as is in a marker's name; longer ones are hashed (NTFS: 255 per name).
+_MAX_KEY = 64
+
+
+def _safe(text: str) -> str:
+    return "".join(c for c in text if c.isascii() and (c.isalnum() or c == "-"))
+
+
+def _key(ti_id: str, try_number: int, launch_key: str) -> str:
+    """``<ti>.try<N>.<key>``: ASCII letters, digits, ``-`` and ``.`` only (NTFS-safe)."""
+    key = _safe(launch_key)
+    if not key or len(key) > _MAX_KEY or key != launch_key:  # never let two keys share a name
+        key = hashlib.sha256(launch_key.encode()).hexdigest()[:32]
+    return f"{_safe(ti_id)}.try{int(try_number)}.{key}"
 
 
 def claim(
-    ti_id: str, try_number: int, run_id: str, base: Path | None = None, extra: dict[str, Any] | None = None
+    ti_id: str,
+    try_number: int,
+    run_id: str,
+    base: Path | None = None,
+    extra: dict[str, Any] | None = None,
+    launch_key: str = "",
 ) -> tuple[Marker, bool]:
-    """Create the marker for this try; return ``(marker, True)`` or ``(existing, False)``.
+    """Create the marker for this launch; return ``(marker, True)`` or ``(existing, False)``.
 
-    ``extra`` (which computer, which task, as whom) is for ``--runs``, what operators see.
+    ``launch_key`` names the executor's workload, the same for every attempt to launch it;
+    ``""`` means ``run_id`` (this launch alone). ``extra`` (which computer, which task, as whom)
+    is for ``--runs``, what operators see.
     """
     base = base or spool_dir()
     _cleanup(base)
-    path = base / f"{_key(ti_id, try_number)}.json"
+    launch_key = launch_key or run_id
+    path = base / f"{_key(ti_id, try_number, launch_key)}.json"
     data = {
         "run_id": run_id,
+        "launch_key": launch_key,
         "ti_id": ti_id,
         "try_number": try_number,
         "agent_pid": os.getpid(),

@@ -5,7 +5,10 @@ maps it to ``alice``: winexec opens her shell with her delegated ticket, and the
 ticket to authenticate to a second machine (the double hop a file share or SQL Server with
 Windows authentication needs). ``transform`` fails once and succeeds on its retry;
 ``nightly_ssis_package`` hangs and is stopped at its ``execution_timeout``; ``report`` runs
-whatever happened upstream, so the run itself succeeds.
+whatever happened upstream, so the run itself succeeds. Two sensors wait without holding a slot:
+``wait_for_export_file`` (reschedule mode: every poke is a short task run on a host, done on the
+second) and ``wait_for_batch_window`` (deferrable: the wait itself runs in Airflow's triggerer,
+then the task resumes on a host).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import os
 import time
 from datetime import timedelta
 
+from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
+from airflow.providers.standard.sensors.python import PythonSensor
 from airflow.sdk import Variable, dag, get_current_context, task
 
 #: The file server ``publish_to_share`` authenticates to (Windows maps cifs/ to host/).
@@ -25,6 +30,15 @@ def _where() -> dict[str, str]:
         "host": os.environ.get("COMPUTERNAME", "?"),
         "user": f"{os.environ.get('USERDOMAIN', '?')}\\{os.environ.get('USERNAME', '?')}",
     }
+
+
+def _export_file_landed(task_reschedule_count: int = 0) -> bool:
+    """Stands in for ``os.path.exists(r"\\\\filer\\exports\\today.csv")``: there on the second poke.
+
+    Each poke is a new process, possibly on another host: Airflow's count of this try's
+    reschedules is the state, nothing kept on a host.
+    """
+    return task_reschedule_count >= 1
 
 
 @dag(schedule=None, catchup=False, tags=["winexec", "demo"])
@@ -64,8 +78,20 @@ def winexec_demo() -> None:
     def report() -> str:
         return f"report written on {_where()['host']}"
 
+    export_file = PythonSensor(
+        task_id="wait_for_export_file",
+        mode="reschedule",  # frees the host's slot between pokes
+        poke_interval=3,
+        timeout=300,
+        python_callable=_export_file_landed,
+    )
+    batch_window = DateTimeSensorAsync(
+        task_id="wait_for_batch_window",
+        target_time="{{ (ti.start_date + macros.timedelta(seconds=5)).isoformat() }}",
+    )
+
     published = publish_to_share(transform(extract.expand(region=regions())))  # type: ignore[arg-type]
-    [published, nightly_ssis_package()] >> report()
+    [published, nightly_ssis_package(), export_file, batch_window] >> report()
 
 
 winexec_demo()

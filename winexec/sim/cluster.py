@@ -24,7 +24,7 @@ from winexec.sim.faults import Faults
 from winexec.sim.kdc import Realm, free_port
 from winexec.sim.processes import NativeProcess
 from winexec.sim.server import Listener, WinRMService
-from winexec.sim.shells import PSRPShell, Shell
+from winexec.sim.shells import POWERSHELL_7, WINDOWS_POWERSHELL_51, Endpoint, PSRPShell, Shell
 
 log = logging.getLogger("winexec.sim")
 
@@ -54,8 +54,15 @@ class SimHost:
         workdir: Path,
         windows_like: bool = True,
         quotas: Quotas | None = None,
+        powershell7: bool = False,
     ) -> None:
         self.realm = realm
+        #: PSRP session configurations by lower-case name. Every Windows Server has
+        #: Microsoft.PowerShell (Windows PowerShell 5.1); installing PowerShell 7 and running its
+        #: Enable-PSRemoting adds PowerShell.7 (Install-PowerShellRemoting.ps1).
+        self.endpoints: dict[str, Endpoint] = {"microsoft.powershell": WINDOWS_POWERSHELL_51}
+        if powershell7:
+            self.endpoints["powershell.7"] = POWERSHELL_7
         self.short_name = short_name
         self.name = realm.host_fqdn(short_name)
         self.address = "127.0.0.1"
@@ -222,7 +229,7 @@ class SimHost:
     def _check_quotas(self) -> None:
         now = time.monotonic()
         for shell in self.shells():
-            if now - shell.last_activity > self.quotas.IdleTimeout:
+            if shell.idle_expired(now):
                 log.info("host %s: shell %s idle beyond IdleTimeout, closing", self.short_name, shell.id)
                 self.service.close_shell(shell.id)
                 continue
@@ -259,8 +266,10 @@ class SimCluster:
         windows_like: bool = True,
         quotas: Quotas | None = None,
         workdir: Path | None = None,
+        powershell7: bool = False,
     ) -> None:
         self.realm = realm
+        self.powershell7 = powershell7  # hosts also have PowerShell 7's PowerShell.7 endpoint
         self.initial_hosts = hosts
         self.windows_like = windows_like
         self.default_quotas = quotas
@@ -286,7 +295,9 @@ class SimCluster:
         assert self.ca is not None
         return self.ca.cert_path
 
-    def add_host(self, short_name: str | None = None, quotas: Quotas | None = None) -> SimHost:
+    def add_host(
+        self, short_name: str | None = None, quotas: Quotas | None = None, powershell7: bool | None = None
+    ) -> SimHost:
         assert self.ca is not None, "start() the cluster first"
         with self._lock:
             taken = {h.short_name for h in self.hosts}
@@ -297,7 +308,10 @@ class SimCluster:
                 candidate = f"win{self._counter:02d}"
                 short_name = None if candidate in taken else candidate
             q = quotas or (Quotas(**vars(self.default_quotas)) if self.default_quotas else Quotas())
-            host = SimHost(self.realm, short_name, self.ca, self.workdir / short_name, self.windows_like, q)
+            ps7 = self.powershell7 if powershell7 is None else powershell7
+            host = SimHost(
+                self.realm, short_name, self.ca, self.workdir / short_name, self.windows_like, q, ps7
+            )
         host.start()
         with self._lock:
             self.hosts.append(host)

@@ -26,9 +26,12 @@ ExitCallback = Callable[[int], None]
 class NativeProcess:
     """One child process and its reader/writer threads.
 
-    ``mode="lines"`` (PSRP) calls ``on_output`` per decoded line without its newline, the way
-    PowerShell turns a native command's output into strings; ``mode="bytes"`` (WinRS cmd) passes
-    raw chunks. ``on_exit`` runs after both output streams reached EOF, so it is always last.
+    ``mode="lines"`` (PSRP) calls ``on_output`` per line decoded with ``encoding``, without its
+    newline, the way PowerShell's ``StreamReader.ReadLine`` turns a native command's output into
+    strings (``\r``, ``\n`` and ``\r\n`` all end a line); ``mode="bytes"`` (WinRS cmd) passes raw
+    chunks. stdin is always a pipe: Windows PowerShell redirects it on a remoting server whatever
+    the input, and an empty input is an immediate EOF. ``on_exit`` runs after both output streams
+    reached EOF, so it is always last.
     """
 
     def __init__(
@@ -39,7 +42,7 @@ class NativeProcess:
         on_output: Callable[[str, object], None],
         on_exit: ExitCallback,
         mode: str = "lines",
-        stdin_open: bool = True,
+        encoding: str = "utf-8",
     ) -> None:
         self.argv = argv
         self.env = env
@@ -50,13 +53,14 @@ class NativeProcess:
             argv,
             env=env,
             cwd=cwd,
-            stdin=subprocess.PIPE if stdin_open else subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
         )
         self.pid = self.proc.pid
+        self.encoding = encoding
         self.returncode: int | None = None
         self.killed = False
         self._stdin_q: queue.Queue[bytes | None] = queue.Queue()
@@ -85,8 +89,11 @@ class NativeProcess:
         try:
             if self.mode == "lines":
                 for raw in iter(stream.readline, b""):
-                    text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                    self._on_output(name, text)
+                    text = raw.decode(self.encoding, errors="replace")
+                    text = text[:-1] if text.endswith("\n") else text
+                    text = text[:-1] if text.endswith("\r") else text
+                    for line in text.split("\r"):
+                        self._on_output(name, line)
             else:
                 while True:
                     chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)

@@ -274,6 +274,30 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, reply, "application/soap+xml;charset=UTF-8", out_headers)
 
 
+def check_session(shell: Shell, req: wsman.Request) -> None:
+    """Which client session may do what to a shell (MS-WSMV 3.1.4.15-3.1.4.17, 3.1.6.5; MS-PSRP
+    3.1.4.9): a connected shell belongs to the session (``wsmv:SessionId``) that created or last
+    connected it, over any TCP connection; Connect to a connected shell faults, even from its
+    own session; a shell whose client vanished stays connected (an idle shell, never a
+    disconnected one) until its IdleTimeOut deletes it. A disconnected shell takes only Connect,
+    Reconnect from the session that disconnected it, and Delete."""
+    a, mine = req.action, req.session_id == shell.session_id
+    body = req.first()
+    to_pipeline = a == Action.CONNECT and body is not None and bool(body.attrib.get("CommandId"))
+    if shell.state == "Connected":
+        if a == Action.CONNECT and not (to_pipeline and mine):  # a pipeline of the shell it connected
+            raise wsman.shell_connected_elsewhere()
+        if a == Action.RECONNECT and not mine:
+            raise wsman.client_session_mismatch()
+        if not mine and a != Action.RECONNECT:
+            raise wsman.shell_connected_elsewhere()
+        return
+    if a == Action.RECONNECT and not mine:
+        raise wsman.client_session_mismatch()
+    if a not in (Action.CONNECT, Action.RECONNECT, Action.DELETE):
+        raise wsman.shell_disconnected()
+
+
 # -- the service -----------------------------------------------------------------------------
 class WinRMService:
     """Shells and WS-Man operations of one host, independent of the transport."""
@@ -357,32 +381,51 @@ class WinRMService:
         timeout = req.operation_timeout if req.operation_timeout else 20.0
         if a == Action.CREATE:
             return resp, self._create(req, identity, client_ip)
-        if a == Action.DELETE:
-            shell = self._shell(req, identity)
-            self.close_shell(shell.id)
-            return resp, []
         if a == Action.ENUMERATE:
             return resp, self._enumerate(req, identity)
         if a == Action.GET:
             return resp, self._get(req, identity)
         shell = self._shell(req, identity)
+        with shell.cond:
+            shell.in_flight += 1
+        try:
+            return resp, self._shell_op(shell, req, timeout)
+        finally:
+            with shell.cond:
+                shell.in_flight -= 1
+                shell.touch()  # the idle countdown starts when a request is done (MS-WSMV)
+
+    def _shell_op(self, shell: Shell, req: wsman.Request, timeout: float) -> list[ET.Element]:
+        a = req.action
+        check_session(shell, req)
+        if a == Action.DELETE:
+            self.close_shell(shell.id)
+            return []
         if a == Action.COMMAND:
-            return resp, shell.command(req)
+            return shell.command(req)
         if a == Action.SEND:
-            return resp, shell.send(req)
+            return shell.send(req)
         if a == Action.RECEIVE:
-            return resp, shell.receive(req, timeout)
+            return shell.receive(req, timeout)
         if a == Action.SIGNAL:
-            return resp, shell.signal(req)
+            return shell.signal(req)
         if isinstance(shell, PSRPShell):
             if a == Action.DISCONNECT:
-                shell.disconnect()
-                return resp, [ET.Element(q("rsp", "DisconnectResponse"))]
+                body = req.first()
+                idle = (
+                    wsman.parse_duration(body.findtext("rsp:IdleTimeOut", None, NS))
+                    if body is not None
+                    else None
+                )
+                shell.disconnect(idle)
+                return [ET.Element(q("rsp", "DisconnectResponse"))]
             if a == Action.RECONNECT:
-                shell.reconnect()
-                return resp, [ET.Element(q("rsp", "ReconnectResponse"))]
+                if shell.state != "Connected":
+                    shell.reconnect()
+                return [ET.Element(q("rsp", "ReconnectResponse"))]
             if a == Action.CONNECT:
-                return resp, self._connect(shell, req)
+                shell.session_id = req.session_id
+                return self._connect(shell, req)
         raise wsman.action_not_supported(a)
 
     def _create(self, req: wsman.Request, identity: Identity, client_ip: str) -> list[ET.Element]:
@@ -393,7 +436,8 @@ class WinRMService:
             )
         uri = req.resource_uri
         is_cmd = uri.lower() == wsman.CMD_URI.lower()
-        if not is_cmd and not uri.startswith(wsman.PWSH_URI_PREFIX):
+        endpoint = self.host.endpoints.get(uri[len(wsman.PWSH_URI_PREFIX) :].lower())
+        if not is_cmd and (not uri.startswith(wsman.PWSH_URI_PREFIX) or endpoint is None):
             raise WSManFault(
                 2150858752,
                 "The WS-Management service cannot process the request. The service cannot find the resource "
@@ -420,7 +464,8 @@ class WinRMService:
             }
             ins = (body.findtext("rsp:InputStreams", "stdin", NS) or "stdin").strip()
             outs = (body.findtext("rsp:OutputStreams", "stdout stderr", NS) or "stdout stderr").strip()
-            args = (self.host, shell_id, uri, identity, client_ip, ins, outs, env)
+            idle = wsman.parse_duration(body.findtext("rsp:IdleTimeOut", None, NS))
+            args = (self.host, shell_id, uri, identity, client_ip, ins, outs, env, req.session_id, idle)
             shell: Shell
             if is_cmd:
                 shell = CmdShell(*args)
@@ -430,7 +475,8 @@ class WinRMService:
                     raise WSManFault(
                         2150858778, "The WS-Management service cannot process the request: no creationXml."
                     )
-                shell = PSRPShell(*args, creation_xml=base64.b64decode(xml_el.text))
+                assert endpoint is not None
+                shell = PSRPShell(*args, creation_xml=base64.b64decode(xml_el.text), endpoint=endpoint)
             self.shells[shell_id] = shell
         created = ET.Element(q("wst", "ResourceCreated"))
         ET.SubElement(

@@ -21,6 +21,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("winexec.sim")
 
-PS_STOP_SIGNALS = {"powershell/signal/crtl_c", "powershell/signal/ctrl_c"}
+#: MS-PSRP 3.1.5.3.9 spells it so, and so does the plugin (``WSManPlugin.cs``: ``CtrlCSignal``).
+PS_STOP_SIGNAL = "powershell/signal/crtl_c"
 TERMINATE = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/terminate"
-CTRL_C = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/ctrl_c"
 
 NOT_ENOUGH_QUOTA = "Not enough quota is available to process this command"
 
@@ -98,6 +99,8 @@ class Shell:
         input_streams: str,
         output_streams: str,
         environment: dict[str, str],
+        session_id: str | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.host = host
         self.id = shell_id
@@ -109,7 +112,11 @@ class Shell:
         self.environment = environment
         self.created = time.time()
         self.last_activity = time.monotonic()
+        self.in_flight = 0  # requests being served: a shell is idle only between them
         self.state = "Connected"
+        #: the client session (``wsmv:SessionId``) the shell is connected to (MS-PSRP 3.1.4.9)
+        self.session_id = session_id
+        self.idle_timeout = self.capped_idle_timeout(idle_timeout)
         self.closed = False
         self.cond = threading.Condition(threading.RLock())
         self.processes: dict[str, NativeProcess] = {}
@@ -148,8 +155,9 @@ class Shell:
                 "KRB5_CONFIG": str(self.host.realm.krb5_conf),
                 # Always private to this shell: the delegated TGT if there was one, else nothing.
                 "KRB5CCNAME": f"FILE:{self.ccache}",
-                "PYTHONUNBUFFERED": "1",
-                "PYTHONIOENCODING": "utf-8",
+                # CPython on Windows writes to a pipe in the ANSI code page, block-buffered
+                # (windows-facts §2.3, §2.5): no PYTHONUNBUFFERED, no UTF-8.
+                "PYTHONIOENCODING": "cp1252",
             }
         )
         if self.host.windows_like:
@@ -162,6 +170,19 @@ class Shell:
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
+
+    #: MS-WSMV's IdleTimeoutms quota: "minimum value MUST be 60000".
+    MIN_IDLE_TIMEOUT = 60.0
+
+    def capped_idle_timeout(self, asked: float | None) -> float:
+        """A client's IdleTimeOut within the host's: 0 or none means the host's own (§7.3)."""
+        limit = self.host.quotas.IdleTimeout
+        if not asked:
+            return limit
+        return min(limit, max(self.MIN_IDLE_TIMEOUT, asked))
+
+    def idle_expired(self, now: float) -> bool:
+        return self.in_flight == 0 and now - self.last_activity > self.idle_timeout
 
     def live_process_count(self) -> int:
         return sum(len(p.tree(scan_group=False)) for p in self.processes.values() if p.running)
@@ -209,7 +230,7 @@ class Shell:
             ("Owner", self.owner.principal),
             ("ClientIP", self.client_ip),
             ("ProcessId", str(os.getpid())),
-            ("IdleTimeOut", f"PT{self.host.quotas.IdleTimeout:.3f}S"),
+            ("IdleTimeOut", f"PT{self.idle_timeout:.3f}S"),
             ("InputStreams", self.input_streams),
             ("OutputStreams", self.output_streams),
             ("ShellRunTime", f"P0DT0H0M{run}S"),
@@ -221,109 +242,175 @@ class Shell:
 
 
 # -- PowerShell ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Endpoint:
+    """How one PSRP session configuration runs a native command (windows-facts.md §1-§4).
+
+    ``starts_before_input``: PowerShell 7 starts the process in ``Prepare()`` and streams each
+    input object to it; Windows PowerShell 5.1 accumulates all input and starts the process only
+    in ``Complete()``, after EndOfPipelineInput (§1.1, §1.9). ``input_encoding`` is the default
+    ``$OutputEncoding`` (§1.5, §1.10); ``output_encoding`` what stdout is decoded with in a WinRM
+    session, which has no console (§2.4-2.5).
+    """
+
+    profile: str
+    configuration: str
+    starts_before_input: bool
+    input_encoding: str
+    output_encoding: str = "cp1252"
+
+
+WINDOWS_POWERSHELL_51 = Endpoint("windows-powershell-5.1", "Microsoft.PowerShell", False, "ascii")
+POWERSHELL_7 = Endpoint("powershell-7", "PowerShell.7", True, "utf-8")
+PROFILES = {e.profile: e for e in (WINDOWS_POWERSHELL_51, POWERSHELL_7)}
+
+
 class PipelineRun:
-    """One PSRP pipeline and (if it names a native command) its process."""
+    """One PSRP pipeline and (if it names a native command) its process.
+
+    A pipeline beyond the pool's ``max_runspaces`` waits until a runspace is free (§5.1); the
+    client sees it running meanwhile.
+    """
 
     def __init__(self, shell: PSRPShell, command_id: str) -> None:
         self.shell = shell
+        self.endpoint = shell.endpoint
         self.command_id = command_id
         self.pipeline = psrpcore.ServerPipeline(shell.pool, uuid.UUID(command_id))
         self.process: NativeProcess | None = None
-        self.started = False
+        self.started = False  # created by the client (CreatePipeline arrived)
+        self.begun = False  # has a runspace: running, or failed at once
         self.done = False
+        self.closed = False  # torn down by a Signal (no final state for the client)
         self.kill_reason: str | None = None
+        self.argv: list[str] | None = None
+        self.no_input = True
+        self.input_ended = False
+        self.pending: list[str] = []  # input not yet written to the process
+        self.held: list[tuple[str, str]] = []  # PowerShell 7: output until the next input (§1.12)
+        self.error_lines = 0
+        self._failure: ErrorRecord | None = None
 
     @property
     def state(self) -> PSInvocationState:
         return self.pipeline.state
 
     def start(self, metadata: Any) -> None:
-        """Start the pipeline: exactly one native command, or a PowerShell-like failure."""
+        """CreatePipeline: exactly one native command, or a PowerShell-like failure."""
         self.started = True
-        self.pipeline.start()
+        self.no_input = bool(getattr(metadata, "no_input", True))
         commands = list(getattr(metadata, "commands", []) or [])
-        if not commands:
-            return self._fail(command_not_found(""))
-        cmd = commands[0]
-        name = str(cmd.command_text).strip()
-        if cmd.is_script or len(commands) != 1:
+        cmd = commands[0] if commands else None
+        name = str(cmd.command_text).strip() if cmd is not None else ""
+        if cmd is None or cmd.is_script or len(commands) != 1:
             first = name.split()[0] if name.split() else name
-            return self._fail(command_not_found(first))
-        env = self.shell.process_env()
-        exe = _resolve(name, env.get("PATH", ""))
-        if exe is None:
-            return self._fail(command_not_found(name))
-        argv = [exe, *_arguments(cmd.parameters)]
+            self._failure = command_not_found(first)
+        else:
+            exe = _resolve(name, self.shell.process_env().get("PATH", ""))
+            if exe is None:
+                self._failure = command_not_found(name)
+            else:
+                self.argv = [exe, *_arguments(cmd.parameters)]
+        self.shell.admit(self)
+
+    def begin(self) -> None:
+        """A runspace is free for this pipeline: run it."""
+        self.begun = True
+        self.pipeline.start()
+        if self._failure is not None:
+            return self._fail(self._failure)
+        if self.endpoint.starts_before_input or self.no_input or self.input_ended:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        assert self.argv is not None
+        exe = self.argv[0]
         if not self.shell.check_process_quota():
-            return self._fail(
-                _error_record(
-                    f'Program "{Path(exe).name}" failed to run: {NOT_ENOUGH_QUOTA}',
-                    "NativeCommandFailed",
-                    ErrorCategory.ResourceUnavailable,
-                    "Win32Exception",
-                    target=exe,
-                )
-            )
-        no_input = bool(getattr(metadata, "no_input", True))
+            return self._fail(_native_failed(exe, NOT_ENOUGH_QUOTA))
         try:
             self.process = NativeProcess(
-                argv,
-                env,
+                self.argv,
+                self.shell.process_env(),
                 str(self.shell.workdir),
                 on_output=self._on_output,
                 on_exit=self._on_exit,
                 mode="lines",
-                stdin_open=not no_input,
+                encoding=self.endpoint.output_encoding,
             )
         except OSError as e:
-            return self._fail(
-                _error_record(
-                    f'Program "{Path(exe).name}" failed to run: {e.strerror}',
-                    "NativeCommandFailed",
-                    ErrorCategory.ResourceUnavailable,
-                    "Win32Exception",
-                    target=exe,
-                )
-            )
+            return self._fail(_native_failed(exe, e.strerror or str(e)))
         self.shell.processes[self.command_id] = self.process
-        self.shell.host.record_start(self.shell, self.command_id, argv)
+        self.shell.host.record_start(self.shell, self.command_id, self.argv)
+        if self.endpoint.starts_before_input:
+            for value in self.pending:
+                self._write_streamed(value)
+            self.pending.clear()
+            if self.no_input or self.input_ended:
+                self.process.close_stdin()
+        else:
+            # 5.1: everything gathered goes through one Out-String, in $OutputEncoding (ASCII,
+            # so anything else becomes '?'), in a single write; then stdin is closed (§1.4-1.6).
+            text = "".join(f"{v}\r\n" for v in self.pending)
+            self.pending.clear()
+            if text:
+                self.process.write(text.encode(self.endpoint.input_encoding, errors="replace"))
+            self.process.close_stdin()
+
+    def _write_streamed(self, value: Any) -> None:
+        """PowerShell 7: ``Out-String -Stream`` per object, one ``WriteLine`` per line (§1.10)."""
+        assert self.process is not None
+        lines = str(value).splitlines() or [""]
+        data = "".join(f"{ln}\r\n" for ln in lines).encode(self.endpoint.input_encoding, errors="replace")
+        self.process.write(data)
 
     def _fail(self, record: ErrorRecord) -> None:
         self.pipeline._change_state(PSInvocationState.Failed, record)
+        self._end()
+
+    def _end(self) -> None:
         self.done = True
+        self.shell.runspace_freed()
 
     def _on_output(self, stream: str, text: object) -> None:
         with self.shell.cond:
-            if self.pipeline.state != PSInvocationState.Running:
+            if self.closed or self.pipeline.state != PSInvocationState.Running:
                 return
-            if stream == "stdout":
-                self.pipeline.write_output(str(text))
-            else:
-                # What PowerShell makes of a native command's stderr line in a remote session.
-                self.pipeline.write_error(
-                    NETException(Message=str(text)),
-                    ErrorCategoryInfo(Category=ErrorCategory.NotSpecified, Reason="RemoteException"),
-                    target_object=str(text),
-                    fully_qualified_error_id="NativeCommandError",
-                )
+            if self.endpoint.starts_before_input and not (self.no_input or self.input_ended):
+                self.held.append((stream, str(text)))
+                return
+            self._emit(stream, str(text))
             self.shell.drain()
+
+    def _emit(self, stream: str, text: str) -> None:
+        if stream == "stdout":
+            self.pipeline.write_output(text)
+            return
+        # A remote session's native stderr line: an ErrorRecord around a RemoteException, the
+        # first NativeCommandError, the rest NativeCommandErrorMessage (§3.1).
+        self.error_lines += 1
+        self.pipeline.write_error(
+            NETException(Message=text),
+            ErrorCategoryInfo(Category=ErrorCategory.NotSpecified, Reason="RemoteException"),
+            target_object=text,
+            fully_qualified_error_id="NativeCommandError"
+            if self.error_lines == 1
+            else "NativeCommandErrorMessage",
+        )
+
+    def _release_held(self) -> None:
+        held, self.held = self.held, []
+        for stream, text in held:
+            self._emit(stream, text)
 
     def _on_exit(self, code: int) -> None:
         with self.shell.cond:
             self.shell.host.record_exit(self.shell, self.command_id, code)
+            if self.closed:
+                return
             if self.pipeline.state == PSInvocationState.Running:
-                exe = Path(self.process.argv[0]).name if self.process else "?"
-                with contextlib.suppress(Exception):
-                    self.pipeline.write_information(
-                        code,
-                        source=exe,
-                        tags=["NativeCommandExitCode"],
-                        user=self.shell.owner.principal,
-                        computer=self.shell.host.name,
-                        process_id=self.process.pid if self.process else 0,
-                        native_thread_id=0,
-                    )
+                self._release_held()
                 if self.kill_reason:
+                    # Not documented (§7.5): the stand-in fails the pipeline with its reason.
                     self.pipeline._change_state(
                         PSInvocationState.Failed,
                         _error_record(
@@ -333,36 +420,58 @@ class PipelineRun:
                             "QuotaExceeded",
                         ),
                     )
-                elif code == 0:
-                    self.pipeline.complete()
                 else:
-                    self.pipeline._change_state(
-                        PSInvocationState.Failed,
-                        _error_record(
-                            f'Program "{exe}" ended with non-zero exit code: {code}.',
-                            "ProgramExitedWithNonZeroCode",
-                            ErrorCategory.NotSpecified,
-                            "NativeCommandExitException",
-                            target=code,
-                        ),
-                    )
-            self.done = True
+                    # Any exit code: Completed, and no message carries the code (§3.4-3.5).
+                    self.pipeline.complete()
+            self._end()
             self.shell.drain()
 
     def input(self, value: Any) -> None:
-        if self.process is not None:
-            self.process.write((str(value) + "\n").encode("utf-8"))
+        if self.process is not None and self.endpoint.starts_before_input:
+            self._release_held()
+            self._write_streamed(value)
+        else:
+            self.pending.append(str(value))
 
     def end_input(self) -> None:
-        if self.process is not None:
-            self.process.close_stdin()
+        self.input_ended = True
+        if not self.begun:
+            return
+        if self.endpoint.starts_before_input:
+            if self.process is not None:
+                self._release_held()
+                self.process.close_stdin()
+        elif self.process is None and self._failure is None and not self.done:
+            self._spawn()
 
     def stop(self) -> None:
+        """StopCommand (the spec's ``crtl_c``): the process tree killed, state Stopped (§4.1)."""
         if self.process is not None and self.process.running:
             self.process.kill_tree()
         if self.pipeline.state in (PSInvocationState.Running, PSInvocationState.Stopping):
             self.pipeline.stop()
-        self.done = True
+        if not self.done:
+            self._end()
+
+    def close(self) -> None:
+        """The command closed (any other signal, §4.2): the tree killed, no final state sent."""
+        self.closed = True
+        if self.process is not None and self.process.running:
+            self.process.kill_tree()
+        with contextlib.suppress(Exception):
+            self.pipeline.close()
+        if not self.done:
+            self._end()
+
+
+def _native_failed(exe: str, why: str) -> ErrorRecord:
+    return _error_record(
+        f'Program "{Path(exe).name}" failed to run: {why}',
+        "NativeCommandFailed",
+        ErrorCategory.ResourceUnavailable,
+        "Win32Exception",
+        target=exe,
+    )
 
 
 def _resolve(name: str, path: str) -> str | None:
@@ -396,13 +505,29 @@ class PSRPShell(Shell):
 
     kind = "psrp"
 
-    def __init__(self, *args: Any, creation_xml: bytes, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, creation_xml: bytes, endpoint: Endpoint, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.endpoint = endpoint
         self.pool = psrpcore.ServerRunspacePool()
         self.queues: dict[str | None, deque[bytes]] = {None: deque()}
         self.runs: dict[str, PipelineRun] = {}
+        self.waiting: deque[PipelineRun] = deque()  # created, waiting for a free runspace
         with self.cond:
             self.feed(creation_xml, None)
+
+    # -- runspaces (§5) -------------------------------------------------------------------
+    def busy(self) -> int:
+        return sum(1 for r in self.runs.values() if r.begun and not r.done)
+
+    def admit(self, run: PipelineRun) -> None:
+        self.waiting.append(run)
+        self.runspace_freed()
+
+    def runspace_freed(self) -> None:
+        while self.waiting and self.busy() < max(1, self.pool.max_runspaces):
+            run = self.waiting.popleft()
+            if not run.closed:
+                run.begin()
 
     # PSRP fragments are cut at this size; a Receive answer then packs as many as fit the
     # client's MaxEnvelopeSize (and the host's MaxEnvelopeSizekb), base64 and envelope included.
@@ -443,7 +568,7 @@ class PSRPShell(Shell):
         elif isinstance(event, psrpcore.GetCommandMetadataEvent):
             run = self.runs.get(pid or "")
             if run is not None:
-                run.started = True
+                run.started = run.begun = True
                 run.pipeline.start()
                 run._fail(command_not_found("Get-Command"))
         elif isinstance(event, psrpcore.PipelineInputEvent):
@@ -455,13 +580,13 @@ class PSRPShell(Shell):
             if run is not None:
                 run.end_input()
         elif isinstance(event, psrpcore.GetAvailableRunspacesEvent):
-            busy = sum(1 for r in self.runs.values() if not r.done)
-            self.pool.runspace_availability_response(event.ci, max(0, self.pool.max_runspaces - busy))
+            self.pool.runspace_availability_response(event.ci, max(0, self.pool.max_runspaces - self.busy()))
         elif isinstance(
             event,
             (psrpcore.SetMaxRunspacesEvent, psrpcore.SetMinRunspacesEvent, psrpcore.ResetRunspaceStateEvent),
         ):
             self.pool.runspace_availability_response(event.ci, True)
+            self.runspace_freed()
 
     # -- ops -----------------------------------------------------------------------------
     def command(self, req: wsman.Request) -> list[ET.Element]:
@@ -539,26 +664,28 @@ class PSRPShell(Shell):
             self.touch()
             run = self.runs.get(cid)
             if run is not None:
-                if code in PS_STOP_SIGNALS or code.lower() == CTRL_C:
+                if code == PS_STOP_SIGNAL:
                     run.stop()
-                    self.drain()
-                elif code.lower() == TERMINATE:
-                    run.stop()
-                    self.drain()
-                    with contextlib.suppress(Exception):
-                        run.pipeline.close()
+                else:
+                    # The PowerShell plugin compares against the spec's spelling only; any other
+                    # code (pypsrp's ``ctrl_c``, terminate) closes the command (§4.2).
+                    run.close()
                     self.runs.pop(cid, None)
                     self.queues.pop(cid, None)
                     self.processes.pop(cid, None)
+                self.drain()
         resp = ET.Element(q("rsp", "SignalResponse"))
         return [resp]
 
     def commands(self) -> list[str]:
         return [cid for cid, r in self.runs.items() if r.started]
 
-    def disconnect(self) -> None:
+    def disconnect(self, idle_timeout: float | None = None) -> None:
+        """Disconnect; a Disconnect's IdleTimeOut overrides the Create's (MS-PSRP 3.1.5.3.16)."""
         with self.cond:
             self.state = "Disconnected"
+            if idle_timeout:
+                self.idle_timeout = self.capped_idle_timeout(idle_timeout)
             if self.pool.state == RunspacePoolState.Opened:
                 self.pool.disconnect()
 

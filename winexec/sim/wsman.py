@@ -213,6 +213,10 @@ ERROR_WSMAN_INVALID_SELECTORS = 2150858843  # 0x8033805B (shell not found)
 ERROR_WSMAN_QUOTA_MAX_SHELLS = 2150859173  # 0x803381A5
 ERROR_WSMAN_QUOTA_MAX_OPERATIONS = 2150859174  # 0x803381A6
 ERROR_WSMAN_ACTION_NOT_SUPPORTED = 2150858771  # 0x80338013
+# wsmerror.h (as in Vanara's wsmerror.cs); which one Windows answers when is inferred (README)
+ERROR_WINRS_SHELL_DISCONNECTED = 2150859204  # 0x803381C4
+ERROR_WINRS_SHELL_CLIENTSESSIONID_MISMATCH = 2150859206  # 0x803381C6
+ERROR_WINRS_SHELL_CONNECTED_TO_DIFFERENT_CLIENT = 2150859213  # 0x803381CD
 # A request over MaxEnvelopeSizekb gets HTTP 413 and no SOAP body; the Windows client reports it
 # as ERROR_WSMAN_HTTP_REQUEST_TOO_LARGE_STATUS (0x80338111): "... the request size exceeded the
 # configured MaxEnvelopeSize quota."
@@ -265,4 +269,31 @@ def quota_operations(limit: int) -> WSManFault:
         f"{limit} concurrent operations, which has been exceeded. Close existing operations for this user, "
         "or raise the quota for this user.",
         subcode="w:QuotaLimit",
+    )
+
+
+def shell_disconnected() -> WSManFault:
+    return WSManFault(
+        ERROR_WINRS_SHELL_DISCONNECTED,
+        "The WinRM service cannot process the request because the WinRS shell instance is currently "
+        "disconnected.",
+        subcode="w:InternalError",
+    )
+
+
+def shell_connected_elsewhere() -> WSManFault:
+    return WSManFault(
+        ERROR_WINRS_SHELL_CONNECTED_TO_DIFFERENT_CLIENT,
+        "The WinRM service cannot process the request. The WinRS shell instance is currently connected "
+        "to a different client.",
+        subcode="w:InternalError",
+    )
+
+
+def client_session_mismatch() -> WSManFault:
+    return WSManFault(
+        ERROR_WINRS_SHELL_CLIENTSESSIONID_MISMATCH,
+        "The WinRM service cannot process the request because the WinRS shell instance is connected to "
+        "a different client.",
+        subcode="w:InternalError",
     )

@@ -2,9 +2,10 @@
 
 In a temporary ``AIRFLOW_HOME``: ``airflow.cfg`` (SQLite, chosen executor, a dags folder, the
 simple auth manager with everyone admin, a fixed free api-server port), ``airflow db migrate``,
-``airflow dags reserialize``, then ``airflow api-server`` and optionally ``airflow scheduler`` and
-``airflow dag-processor`` as subprocesses in their own sessions, so :meth:`AirflowStack.stop`
-leaves nothing behind. The REST API v2 is used with a JWT from ``GET /auth/token`` (allowed
+``airflow dags reserialize``, then ``airflow api-server`` and optionally ``airflow scheduler``,
+``airflow dag-processor`` and ``airflow triggerer`` (deferrable operators: triggers run there, on
+this machine) as subprocesses in their own sessions, so :meth:`AirflowStack.stop` leaves nothing
+behind. The REST API v2 is used with a JWT from ``GET /auth/token`` (allowed
 because ``simple_auth_manager_all_admins`` is on).
 
 :meth:`AirflowStack.queue_workload` does what the scheduler does for one task instance -- mark it
@@ -62,6 +63,7 @@ class AirflowStack:
         executor: str = "LocalExecutor",
         scheduler: bool = False,
         dag_processor: bool = False,
+        triggerer: bool = False,
         config: Mapping[str, Mapping[str, Any]] | None = None,
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 180.0,
@@ -74,6 +76,7 @@ class AirflowStack:
         self.executor = executor
         self.want_scheduler = scheduler
         self.want_dag_processor = dag_processor
+        self.want_triggerer = triggerer
         self.extra_config = {k: dict(v) for k, v in (config or {}).items()}
         self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
@@ -211,6 +214,9 @@ class AirflowStack:
             self._spawn("dag-processor", "dag-processor")
         if self.want_scheduler:
             self._spawn("scheduler", "scheduler")
+        if self.want_triggerer:
+            # no log server: it would take the fixed trigger_log_server_port of a shared machine
+            self._spawn("triggerer", "triggerer", "--skip-serve-logs")
         try:
             self.wait_healthy()
         except BaseException:
@@ -406,13 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m winexec.testing.airflow_stack")
     parser.add_argument("--queue-workload", nargs=4, metavar=("DAG", "RUN", "TASK", "MAP_INDEX"))
     parser.add_argument("--dags", help="dags folder for a hand-run stack")
-    parser.add_argument("--scheduler", action="store_true")
+    parser.add_argument("--scheduler", action="store_true", help="also a scheduler, dag-processor, triggerer")
     args = parser.parse_args(argv)
     if args.queue_workload:
         dag_id, run_id, task_id, map_index = args.queue_workload
         print(json.dumps(_queue_workload(dag_id, run_id, task_id, int(map_index))))
         return 0
-    with AirflowStack(args.dags, scheduler=args.scheduler, dag_processor=args.scheduler) as stack:
+    with AirflowStack(
+        args.dags, scheduler=args.scheduler, dag_processor=args.scheduler, triggerer=args.scheduler
+    ) as stack:
         print(json.dumps({"api_url": stack.api_url, "home": str(stack.home), "timings": stack.timings}))
         with contextlib.suppress(KeyboardInterrupt):
             while True:

@@ -78,12 +78,14 @@ def windows_world(
     config: Mapping[str, Mapping[str, Any]] | None = None,
     host_env: Mapping[str, str] | None = None,
     windows_like: bool = True,
+    triggerer: bool = False,
 ) -> Iterator[World]:
     """Start everything under ``workdir``; stop everything (no process left) on exit.
 
     The first principal is ``[winexec] default_principal``; every principal's keytab lands in
     ``keytab_dir``, so tasks may map to any of them. ``host_env`` adds to the hosts' environment
-    and ``winexec``/``config`` override airflow.cfg options.
+    and ``winexec``/``config`` override airflow.cfg options. ``triggerer`` adds ``airflow
+    triggerer`` (deferrable operators; the triggers run on this machine, the tasks on the hosts).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "airflow-home"
@@ -121,6 +123,7 @@ def windows_world(
             executor=EXECUTOR,
             scheduler=True,
             dag_processor=True,
+            triggerer=triggerer,
             config=merge_config(base, config or {}),
             env=realm.env(),
         ) as stack:

@@ -151,7 +151,11 @@ def test_second_principal_uses_its_delegated_ticket_for_the_next_hop(world: Worl
     assert result["client"] == world.realm.principal("alice") and result["user"] == "alice"
 
 
-def test_keepalive_lines_reach_the_agent_and_stop_kills_the_task(world: World) -> None:
+def test_queries_and_the_stop_run_beside_the_agent_and_the_stop_kills_the_task(world: World) -> None:
+    """The agent's stdin ended with its start line (5.1): a status query and the stop are
+    pipelines of their own in the run's shell, beside the agent's, not behind it."""
+    from winexec.hostcall import HostChannel
+
     run_id, wl = world.workload("too_slow")
     session = open_session(
         world.settings, world.host(1), world.realm.principal("airflow"), False, world.tickets, world.start(wl)
@@ -163,14 +167,17 @@ def test_keepalive_lines_reach_the_agent_and_stop_kills_the_task(world: World) -
         while not of(seen, protocol.Started):
             assert time.monotonic() < deadline, seen
             seen += session.poll(timeout=1).messages
-        session.send(protocol.Keepalive())
+        channel = HostChannel.around(session)
+        assert channel is not None
+        status = channel.agent("--status", None, session.run_id or "")
+        assert status["found"] and status["agent_alive"] and not status.get("finished"), status
         seen += session.poll(timeout=1).messages
         assert not of(seen, protocol.Exit)
         stopped = session.stop("test stop", wait=45)
     finally:
         session.close()
     (exit_,) = of(stopped.messages, protocol.Exit)
-    assert exit_.state == "stopped", exit_
+    assert exit_.state == "stopped" and exit_.reason == "test stop", exit_
     deadline = time.monotonic() + 15
     while sim_host.processes():
         assert time.monotonic() < deadline, sim_host.processes()
@@ -218,7 +225,7 @@ def test_the_host_admits_no_more_runs_than_its_slots(world: World) -> None:
 
 def test_a_disconnected_agent_keeps_running_and_is_reattached_by_run_id(world: World) -> None:
     run_id, wl = world.workload("sleeper", conf={"sleep": 120})
-    start = world.start(wl, keepalive_timeout=60)
+    start = world.start(wl)
     principal = world.realm.principal("alice")
     first = open_session(world.settings, world.host(1), principal, False, world.tickets, start)
     seen: list[protocol.Message] = []
@@ -241,7 +248,7 @@ def test_a_disconnected_agent_keeps_running_and_is_reattached_by_run_id(world: W
     finally:
         second.close()
     (exit_,) = of(stopped.messages, protocol.Exit)
-    assert exit_.state == "stopped", exit_
+    assert exit_.state == "stopped" and exit_.reason == "adopted, then stopped", exit_
     with pytest.raises(LaunchError):  # its shell is gone now
         reattach_session(world.settings, world.host(1), principal, False, world.tickets, start.run_id)
 

@@ -181,7 +181,7 @@ def _long_run(realm: Realm, host: SimHost) -> tuple[RunspacePool, PowerShell]:
 def _disconnect(client: object, shell_id: str) -> None:
     sel = SelectorSet()
     sel.add_option("ShellId", shell_id)
-    body = ET.Element("{%s}Disconnect" % NAMESPACES["rsp"])
+    body = ET.Element(f"{{{NAMESPACES['rsp']}}}Disconnect")
     client.disconnect("http://schemas.microsoft.com/powershell/Microsoft.PowerShell", body, selector_set=sel)  # type: ignore[attr-defined]
 
 

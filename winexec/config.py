@@ -57,10 +57,12 @@ OPTIONS: tuple[Option, ...] = (
         "string",
         "",
         "The Windows hosts, comma or newline separated. Each entry is ``[scheme://]name[:port]"
-        "[?slots=N&address=A]``: ``name`` is the host's FQDN (the Kerberos SPN is ``HTTP/<name>``), "
-        "scheme ``http`` (default, port 5985) or ``https`` (port 5986), ``slots`` how many tasks "
-        "may run on it at once (default ``default_slots``), ``address`` where to connect instead of "
-        "resolving ``name`` (the SPN still uses ``name``). Re-read every ``host_refresh_interval``: "
+        "[?slots=N&address=A&configuration=C]``: ``name`` is the host's FQDN (the Kerberos SPN is "
+        "``HTTP/<name>``), scheme ``http`` (default, port 5985) or ``https`` (port 5986), ``slots`` how "
+        "many tasks may run on it at once (default ``default_slots``), ``address`` where to connect "
+        "instead of resolving ``name`` (the SPN still uses ``name``), ``configuration`` the PSRP "
+        "endpoint (default ``Microsoft.PowerShell``, Windows PowerShell 5.1; ``PowerShell.7`` where "
+        "PowerShell 7 is installed and enabled for remoting). Re-read every ``host_refresh_interval``: "
         "a removed host gets no new tasks, its running tasks finish.",
         "https://win01.corp.example?slots=8, http://win02.corp.example:5985?address=10.0.0.12",
     ),
@@ -264,8 +266,10 @@ OPTIONS: tuple[Option, ...] = (
         "keepalive_timeout",
         "float",
         "300",
-        "The agent stops its task when the executor has not been heard from for this many "
-        "seconds (0: never). Longer gives a restarted scheduler time to adopt running tasks.",
+        "A task's WinRM shell asks its host to delete it, and end the task's processes, once the "
+        "executor has sent it no request for this many seconds (the shell's IdleTimeOut; 0: the "
+        "host's own IdleTimeout). At least 60 (Windows' minimum); longer gives a restarted "
+        "scheduler time to adopt running tasks.",
         "300",
     ),
     Option(
@@ -357,6 +361,9 @@ class HostSpec:
     port: int = 5985
     slots: int = 4
     address: str = ""
+    #: the PSRP session configuration (endpoint): ``Microsoft.PowerShell`` is Windows PowerShell
+    #: 5.1, on every Windows Server; ``PowerShell.7`` exists once PowerShell 7's Enable-PSRemoting ran
+    configuration: str = "Microsoft.PowerShell"
 
     @property
     def connect_address(self) -> str:
@@ -451,6 +458,11 @@ class Settings:
 # -- parsing helpers --------------------------------------------------------------------------
 _TRUE = {"true", "t", "1", "yes", "y", "on"}
 _FALSE = {"false", "f", "0", "no", "n", "off"}
+#: A PSRP session configuration name (``Register-PSSessionConfiguration -Name``).
+_CONFIGURATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: A shell's IdleTimeOut cannot be shorter (MS-WSMV IdleTimeoutms: "minimum value MUST be 60000";
+#: PowerShell's own client refuses less).
+MIN_KEEPALIVE = 60.0
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
 _PRINCIPAL = re.compile(r"^[^\s@=,]+(@[^\s@=,]+)?$")
 
@@ -482,9 +494,17 @@ def parse_host(entry: str, default_slots: int = 4) -> HostSpec:
     if parts.path not in ("", "/") or parts.username or parts.password or parts.fragment:
         raise ValueError(f"entry {raw!r}: only scheme://name:port?slots=N&address=A is allowed")
     query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = set(query) - {"slots", "address"}
+    unknown = set(query) - {"slots", "address", "configuration"}
     if unknown:
-        raise ValueError(f"entry {raw!r}: unknown parameter(s) {sorted(unknown)}; allowed: slots, address")
+        raise ValueError(
+            f"entry {raw!r}: unknown parameter(s) {sorted(unknown)}; allowed: slots, address, configuration"
+        )
+    configuration = query.get("configuration", ["Microsoft.PowerShell"])[-1].strip()
+    if not _CONFIGURATION.match(configuration):
+        raise ValueError(
+            f"entry {raw!r}: configuration={configuration!r} is not a PSRP session configuration name "
+            "(write e.g. Microsoft.PowerShell or PowerShell.7)"
+        )
     slots = default_slots
     if "slots" in query:
         try:
@@ -502,6 +522,7 @@ def parse_host(entry: str, default_slots: int = 4) -> HostSpec:
         port=port or (5986 if scheme == "https" else 5985),
         slots=slots,
         address=address,
+        configuration=configuration,
     )
 
 
@@ -637,7 +658,9 @@ def load(get: Getter | None = None, *, check_files: bool = True) -> Settings:
         opt("read_timeout", "must be greater than operation_timeout (pypsrp requires it); raise it")
     if values["read_timeout"] <= values["poll_timeout"] + 2:
         opt("poll_timeout", "must be at least 3 s below read_timeout; lower poll_timeout")
-    if values["keepalive_timeout"] and values["keepalive_timeout"] < 3 * values["heartbeat_interval"]:
+    if values["keepalive_timeout"] and values["keepalive_timeout"] < MIN_KEEPALIVE:
+        opt("keepalive_timeout", f"must be 0 or at least {MIN_KEEPALIVE:g} (WinRM's smallest IdleTimeout)")
+    elif values["keepalive_timeout"] and values["keepalive_timeout"] < 3 * values["heartbeat_interval"]:
         opt("keepalive_timeout", "must be 0 or at least three heartbeat_interval")
 
     # hosts

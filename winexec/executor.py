@@ -96,7 +96,6 @@ class TaskRecord:
     excluded: set[str] = field(default_factory=set)
     live: Liveness | None = None
     started: bool = False  # the agent said "started"
-    last_keepalive: float = 0.0
     stop_reason: str | None = None
     revoked: bool = False
     reported: bool = False  # success/fail already in the event buffer
@@ -113,7 +112,7 @@ class TaskRecord:
 class Stray:
     """An agent that may run on a host with nobody driving it: its launch was ambiguous (the
     command reached the host, then the host went silent). Stopped once the host answers again;
-    after ``give_up_at`` it has stopped itself (no start line, or no keepalive)."""
+    after ``give_up_at`` it is gone (no start line, or its shell idled out)."""
 
     host: HostSpec
     identity: Identity
@@ -338,7 +337,6 @@ class WindowsKerberosExecutor(BaseExecutor):
             run_id=rec.run_id,
             launch_key=rec.launch_key,
             heartbeat_interval=s.heartbeat_interval,
-            keepalive_timeout=s.keepalive_timeout,
             execution_timeout=rec.execution_timeout,
             grace=s.execution_timeout_grace,
             server=self._server_url(),
@@ -398,14 +396,12 @@ class WindowsKerberosExecutor(BaseExecutor):
                     raise classify(e, HostSpec(name="-"), principal) from e
             self._principals.add(principal)
 
-    def _job_poll(self, key: TaskInstanceKey, session: TaskSession, keepalive: bool) -> None:
+    def _job_poll(self, key: TaskInstanceKey, session: TaskSession) -> None:
         # When the poll really began, not when it was queued: with many running tasks a poll
         # may wait for a worker, and that wait must not count as the host not answering.
         self._job_started[key] = self._clock()
         s = self._s()
         try:
-            if keepalive:
-                session.send(protocol.Keepalive())
             result = session.poll(timeout=s.poll_timeout)
         except LaunchError as e:
             self._results.put(("poll_failed", key, (e, self._clock())))
@@ -532,7 +528,6 @@ class WindowsKerberosExecutor(BaseExecutor):
         self._hosts().launch_succeeded(rec.host.name)
         rec.session = session
         rec.phase = Phase.RUNNING
-        rec.last_keepalive = at
         rec.live = Liveness(last_heartbeat=at, last_poll_ok=at)
         self.log.info(
             "winexec: %s launched on %s as %s (%s), run %s",
@@ -722,13 +717,14 @@ class WindowsKerberosExecutor(BaseExecutor):
 
     # -- next step for a record ---------------------------------------------------------------
     def _next_job(self, rec: TaskRecord, delay: float = 0.0) -> None:
-        """Queue the next worker job for a running record: stop if asked, else keepalive + poll."""
+        """Queue the next worker job for a running record: stop if asked, else poll (every poll is
+        a request to the task's shell, which keeps it from its IdleTimeOut)."""
         if rec.busy or rec.session is None:
             return
         now = self._clock()
         if self._closing and rec.stop_reason is None:
             # scheduler shutting down: leave the agent running in a disconnected shell for the
-            # next scheduler to adopt (it stops itself if none does within keepalive_timeout)
+            # next scheduler to adopt (the host deletes it if none does within keepalive_timeout)
             rec.busy = True
             self._submit(self._job_disconnect, rec.key, rec.session)
             return
@@ -741,12 +737,8 @@ class WindowsKerberosExecutor(BaseExecutor):
             # e.g. a failing host: poll again later, without holding a worker while waiting
             heapq.heappush(self._poll_timers, (now + delay, next(self._seq), rec.key))
             return
-        s = self._s()
-        keepalive = bool(s.keepalive_timeout) and now - rec.last_keepalive >= s.keepalive_timeout / 4
-        if keepalive:
-            rec.last_keepalive = now
         rec.busy = True
-        self._submit(self._job_poll, rec.key, rec.session, keepalive)
+        self._submit(self._job_poll, rec.key, rec.session)
 
     def request_stop(self, rec: TaskRecord, reason: str) -> None:
         """Stop a task on its host (watchdog, revoke): the next job for it is the stop."""
@@ -828,8 +820,9 @@ class WindowsKerberosExecutor(BaseExecutor):
         """Stop launching and detach from every running task, leaving it running on its host.
 
         Each agent keeps running in a disconnected WinRM shell named by its run id; the next
-        scheduler reattaches to it in :meth:`try_adopt_task_instances`. An agent nobody
-        reattaches to stops its task once no keepalive arrived for ``keepalive_timeout``.
+        scheduler reattaches to it in :meth:`try_adopt_task_instances`. A shell nobody
+        reattaches to is deleted by its host after ``keepalive_timeout`` (its IdleTimeOut), and
+        the task's processes with it.
         Queued-but-unlaunched tasks are simply not started.
         """
         self._closing = True

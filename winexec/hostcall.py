@@ -25,7 +25,7 @@ from winexec.launcher import (
 )
 
 #: The agent modes a channel may run (a fixed list: no caller-chosen arguments reach the host).
-MODES = frozenset({"--self-check", "--runs", "--read-log", "--status"})
+MODES = frozenset({"--self-check", "--runs", "--read-log", "--status", "--stop"})
 
 
 class HostChannel:

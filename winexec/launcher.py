@@ -6,16 +6,25 @@ at a time (the executor guarantees it), so a session needs no lock.
 
 The workload, token included, reaches the agent only as PSRP pipeline input (the agent's
 stdin): the command is the fixed ``<python> -m winexec.agent``, so no task field is ever part of
-a command line or a script. pypsrp's ``begin_invoke`` sends ``EndOfPipelineInput`` after the
-last item of its input generator, which would close the agent's stdin; a generator that yields
-the start line and then ``None`` makes it send the line and stop without that marker, and later
-lines (keepalive, stop) go out as further ``PipelineInput`` messages through pypsrp's own
-fragmenter.
+a command line or a script. The input is one line and then ``EndOfPipelineInput``: Windows
+PowerShell 5.1 starts a native command only once its input has ended, and closes its stdin
+after writing it, so nothing more can be said to the agent that way. Everything after the start
+travels otherwise (docs/windows-host-setup.md, "How winexec uses the endpoint"):
+
+- the shell is opened with ``max_runspaces=2``: a second pipeline (a stop request, a log page, a
+  status query) runs beside the agent's instead of waiting for it to end;
+- a stop is ``--stop RUN_ID`` in that second runspace (the agent polls its run's stop file);
+- the executor-gone watchdog is the shell's own IdleTimeOut (``keepalive_timeout``): a shell no
+  request reached for that long is deleted by the host, with every process in it;
+- the client session (``wsmv:SessionId``) is the run id, so any client of this run -- a new TCP
+  connection, a fresh logon, a restarted scheduler -- is the session the shell belongs to: it
+  Disconnects the shell (a connected shell refuses Connect) and Connects again.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,6 +49,10 @@ OPERATION_TIMEOUT_CODE = 0x80338029
 MAX_START_BYTES = 1024 * 1024
 #: ERROR_WSMAN_SHELL_NOT_FOUND (2150858843): the shell, and the agent in it, no longer exists.
 SHELL_NOT_FOUND_CODE = 0x8033805B
+#: ERROR_WINRS_SHELL_DISCONNECTED: the shell is disconnected already (a Disconnect of it is moot).
+SHELL_DISCONNECTED_CODE = 0x803381C4
+#: The agent's pipeline and one more (stop, log page, status query) run side by side.
+RUNSPACES = 2
 
 FailureKind = Literal[
     "unreachable",
@@ -324,7 +337,7 @@ class TaskSession:
         from pypsrp.wsman import WSMan
 
         s, h = self.settings, self.host
-        return WSMan(
+        wsman = WSMan(
             h.connect_address,
             port=h.port,
             ssl=h.ssl,
@@ -341,18 +354,34 @@ class TaskSession:
             read_timeout=s.read_timeout,
             reconnection_retries=0,
         )
+        session_id = shell_id_for(self.run_id) if self.run_id else None
+        if session_id:
+            wsman.session_id = session_id  # the run is the client session (module docstring)
+        return wsman
+
+    def _runspace_pool(self, wsman: Any) -> Any:
+        from pypsrp.powershell import RunspacePool
+
+        s = self.settings
+        return RunspacePool(
+            wsman,
+            configuration_name=self.host.configuration,
+            max_runspaces=RUNSPACES,
+            idle_timeout=math.ceil(s.keepalive_timeout) or None,
+        )
 
     def open(self, start: protocol.Start) -> None:
-        """Open the shell as the principal and start the agent with ``start`` as its first stdin line.
+        """Open the shell as the principal and start the agent with ``start`` as its whole input.
 
         The shell's id is the run id, so a later scheduler can find this run's shell again
         (:func:`reattach`) from the task's external executor id alone.
         """
-        from pypsrp.powershell import PowerShell, RunspacePool
+        from pypsrp.powershell import PowerShell
 
         s, h = self.settings, self.host
+        self.run_id = start.run_id
         try:
-            self._pool = pool = RunspacePool(self._wsman())
+            self._pool = pool = self._runspace_pool(self._wsman())
             shell_id = shell_id_for(start.run_id)
             if shell_id:
                 pool.id = pool.shell.id = shell_id
@@ -360,24 +389,31 @@ class TaskSession:
         except Exception as e:
             self._abandon()
             raise classify(e, h, self.principal) from e
-        self.run_id = start.run_id
+        sent: list[bool] = []
+
+        def the_input() -> Iterator[list[str]]:
+            sent.append(True)  # the Command was answered; the input's Send comes next
+            yield [start.to_line().rstrip("\n")]  # then EndOfPipelineInput, in the same Send
+
         try:
             ps = PowerShell(self._pool)
             ps.add_cmdlet(s.python).add_argument("-m").add_argument("winexec.agent")
             self._ps = ps
-            ps.begin_invoke(input=_first_line_only(start.to_line().rstrip("\n")))
+            ps.begin_invoke(input=the_input())
         except Exception as e:
-            self._settle(classify(e, h, self.principal), start)
+            self._settle(classify(e, h, self.principal), start, input_sent=bool(sent))
         self.opened_at = time.monotonic()
 
-    def _settle(self, err: LaunchError, start: protocol.Start) -> None:
+    def _settle(self, err: LaunchError, start: protocol.Start, input_sent: bool) -> None:
         """The agent's command may have reached the host before ``err``: find out before anyone
         launches this try again (elsewhere, that would run it twice).
 
-        Reattach to the run's shell (its id is the run id). An agent there means the launch
-        worked after all: the start line is sent again (an agent that has it already ignores
-        it) and the session goes on. No shell or no agent there: nothing started, ``err``
-        stands and the launch may be retried anywhere. The host silent: :class:`LaunchAmbiguous`.
+        Reattach to the run's shell (its id is the run id). A pipeline there means the launch
+        got through: if its input was never sent (the Command's answer was lost), it is sent
+        now, and the agent starts; the session goes on. No shell or no pipeline there: nothing
+        started, ``err`` stands and the launch may be retried anywhere. The host silent:
+        :class:`LaunchAmbiguous`. (Input sent but lost with its Send leaves an agent that never
+        starts: the start timeout fails that try, once, and stopping it deletes its shell.)
         """
         if err.kind not in ("unreachable", "auth", "agent"):  # a real answer: nothing started
             self._abandon()
@@ -389,16 +425,21 @@ class TaskSession:
                 time.sleep(min(0.5 * 2 ** (attempt - 1), 4.0))  # 0.5, 1, 2, 4 s: a blip passes
             try:
                 self.reattach(start.run_id)
+                if not input_sent:
+                    self._send_input(start)
             except AgentFailure as e:
                 if "no shell of run" in e.reason or "runs no agent" in e.reason:
                     raise err from None  # nothing runs there; reattach closed what it found
                 last = e
             except LaunchError as e:
                 last = e
+            except Exception as e:
+                last = classify(e, self.host, self.principal)
             else:
                 self.closed = False
-                self._send(start)
-                log.warning("launch on %s: %s; the agent had started, reattached", self.host.name, err.reason)
+                log.warning(
+                    "launch on %s: %s; the agent's pipeline was there, reattached", self.host.name, err.reason
+                )
                 return
             self.closed = False
         self.closed = True
@@ -408,30 +449,25 @@ class TaskSession:
             "again anywhere, which could run this try twice"
         ) from None
 
-    def send(self, msg: protocol.Message) -> None:
-        """Write one protocol line to the agent's stdin (keepalive, stop)."""
-        try:
-            self._send(msg)
-        except Exception as e:
-            err = classify(e, self.host, self.principal)
-            if not self._reconnect(err):
-                raise err from e
-            try:
-                self._send(msg)
-            except Exception as e2:
-                raise classify(e2, self.host, self.principal) from e2
-
-    def _send(self, msg: protocol.Message) -> None:
-        from pypsrp.messages import PipelineInput
+    def _send_input(self, start: protocol.Start) -> None:
+        """The agent's whole input: the start line and EndOfPipelineInput, as ``open`` sends it."""
+        from pypsrp.messages import EndOfPipelineInput, PipelineInput
 
         pool, ps = self._pool, self._ps
-        if pool is None or ps is None:
-            return
         frags = pool._fragmenter.fragment_multiple(
-            [PipelineInput(data=msg.to_line().rstrip("\n"))], pool.id, ps.id
+            [PipelineInput(data=start.to_line().rstrip("\n")), EndOfPipelineInput()], pool.id, ps.id
         )
         for frag in frags:
             pool.shell.send("stdin", frag, command_id=ps._command_id)
+
+    def ask_stop(self, reason: str) -> None:
+        """Ask the agent to stop its task (``--stop`` beside it, in this shell's other runspace)."""
+        from winexec.hostcall import HostChannel
+
+        channel = HostChannel.around(self)
+        if channel is None or not self.run_id:
+            return
+        channel.agent("--stop", {"reason": reason}, self.run_id, "--wait", "0")
 
     def _reconnect(self, err: LaunchError) -> bool:
         """After a broken connection, reattach to the run's shell with a fresh client.
@@ -617,7 +653,7 @@ class TaskSession:
             result.errors.append(_error_text(rec))
 
     def stop(self, reason: str, wait: float = 5.0) -> PollResult:
-        """Ask the agent to stop (it kills the task's tree and reports), then tear the pipeline down.
+        """Ask the agent to stop (it kills the task's tree and reports), then delete the shell.
 
         Collects what the agent said while stopping, up to ``wait`` seconds, so its ``exit``
         line is not lost. Never raises: a host that is gone is as stopped as it gets.
@@ -628,7 +664,7 @@ class TaskSession:
         ps = self._ps
         if ps is not None and ps.state == PSInvocationState.RUNNING:
             try:
-                self.send(protocol.Stop(reason=reason))
+                self.ask_stop(reason)
                 deadline = time.monotonic() + wait
                 while time.monotonic() < deadline:
                     r = self.poll(timeout=1)
@@ -683,17 +719,31 @@ class TaskSession:
             self._pool = None
 
     def reattach(self, run_id: str) -> None:
-        """Connect to the disconnected shell of ``run_id`` and resume its agent's pipeline."""
+        """Take the shell of ``run_id`` over as its client session and resume its agent's pipeline.
+
+        A shell whose client broke off (a dropped connection, a killed scheduler) is still
+        connected to that session, and Connect to a connected shell faults (MS-WSMV 3.1.4.17):
+        as the same session (the run id) this client Disconnects it first, then Connects.
+        """
+        from pypsrp.exceptions import WSManFaultError
         from pypsrp.powershell import RunspacePool
 
         wanted = shell_id_for(run_id)
+        self.run_id = run_id
         try:
-            pools = RunspacePool.get_runspace_pools(self._wsman())
+            wsman = self._wsman()
+            pools = RunspacePool.get_runspace_pools(wsman)
             pool = next((p for p in pools if wanted and str(p.id).upper() == wanted), None)
             if pool is None:
                 raise AgentFailure(
                     f"no shell of run {run_id} on {self.host.name} (it ended or was never there)"
                 )
+            pool.shell.resource_uri = self._runspace_pool(wsman).shell.resource_uri  # its endpoint's
+            try:
+                _disconnect(wsman, pool)
+            except WSManFaultError as e:
+                if e.code != SHELL_DISCONNECTED_CODE:
+                    raise
             pool.connect()
             pipelines = pool.create_disconnected_power_shells()
             if not pipelines:
@@ -702,7 +752,6 @@ class TaskSession:
             ps = pipelines[0]
             ps.connect_async()
             self._pool, self._ps = pool, ps
-            self.run_id = run_id
             self.opened_at = time.monotonic()
         except Exception as e:
             self._abandon()
@@ -713,6 +762,19 @@ class TaskSession:
             self.close()
         except Exception:
             pass
+
+
+def _disconnect(wsman: Any, pool: Any) -> None:
+    """rsp:Disconnect of ``pool``'s shell (pypsrp's own ``disconnect`` skips a pool it believes
+    disconnected already, which every pool ``get_runspace_pools`` returns is)."""
+    import xml.etree.ElementTree as ET
+
+    from pypsrp.wsman import NAMESPACES, SelectorSet
+
+    selectors = SelectorSet()
+    selectors.add_option("ShellId", str(pool.shell.id))
+    body = ET.Element(f"{{{NAMESPACES['rsp']}}}Disconnect")
+    wsman.disconnect(pool.shell.resource_uri, body, selector_set=selectors)
 
 
 def shell_id_for(run_id: str) -> str | None:
@@ -741,12 +803,6 @@ def reattach_session(
     session = TaskSession(settings, host, principal, delegate, cred, tickets)
     session.reattach(run_id)
     return session
-
-
-def _first_line_only(line: str) -> Iterator[str | None]:
-    """Input for ``begin_invoke`` that sends ``line`` but not ``EndOfPipelineInput``."""
-    yield line
-    yield None
 
 
 def _lines(item: Any) -> list[str]:

@@ -1,13 +1,15 @@
 """The JSON lines between the executor (scheduler side) and ``winexec.agent`` (Windows host side).
 
 Both sides import this module and nothing else of each other. One JSON object per line, ASCII
-only (``ensure_ascii``): Windows PowerShell 5.1 pipes text to native commands in the console code
-page, so anything non-ASCII must travel as ``\\uXXXX`` escapes.
+only (``ensure_ascii``): Windows PowerShell 5.1 writes a native command's input in
+``$OutputEncoding``, ASCII by default, so anything else must travel as ``\\uXXXX`` escapes.
 
-Executor -> agent (pipeline input, i.e. the agent's stdin):
-  ``start``      first line: the workload (token included) and the run's limits
-  ``keepalive``  the executor is still there; the agent stops the task if these cease
-  ``stop``       stop the task now (revoke, hung, timeout seen by the executor)
+Executor -> agent (the pipeline's whole input, i.e. the agent's stdin, which then ends):
+  ``start``      the workload (token included) and the run's limits
+
+Nothing else can reach the agent over stdin: 5.1 starts it only once the input has ended. A stop
+is ``python -m winexec.agent --stop RUN_ID`` in another pipeline of the run's shell; an executor
+gone for good is noticed by the host itself, which deletes an idle shell with its processes.
 
 Agent -> executor (pipeline output, i.e. the agent's stdout):
   ``started``    the task process is running (pid, host, user, whether a TGT was delegated)
@@ -61,8 +63,6 @@ class Start(Message):
     #: ``run_id`` (each launch its own key).
     launch_key: str = ""
     heartbeat_interval: float = 5.0
-    #: Stop the task when no ``keepalive`` arrived for this long; 0 disables the check.
-    keepalive_timeout: float = 0.0
     #: Seconds; the agent enforces it from outside the task process. ``None``: no limit.
     execution_timeout: float | None = None
     #: Extra seconds past ``execution_timeout`` before the agent kills the tree.
@@ -77,17 +77,6 @@ class Start(Message):
 
     def __repr__(self) -> str:  # never show the token
         return f"Start(run_id={self.run_id!r}, ti={self.workload.get('ti', {}).get('id')!r})"
-
-
-@dataclass
-class Keepalive(Message):
-    type: ClassVar[str] = "keepalive"
-
-
-@dataclass
-class Stop(Message):
-    type: ClassVar[str] = "stop"
-    reason: str = ""
 
 
 # -- agent -> executor ---------------------------------------------------------------------
@@ -130,7 +119,7 @@ class Exit(Message):
 
 
 MESSAGES: dict[str, type[Message]] = {
-    m.type: m for m in (Start, Keepalive, Stop, Started, Heartbeat, Log, Exit)
+    m.type: m for m in (Start, Started, Heartbeat, Log, Exit)
 }
 
 

@@ -9,7 +9,7 @@ least ``E_last - E_hb``; past ``missed_heartbeats * heartbeat_interval`` the tas
 slow poll cycle therefore never fakes a hang. When polls fail (host gone), there is no such
 evidence, and the wall-clock time since the last heartbeat decides -- unless the polls fail for want of a
 Kerberos ticket (the KDC is away): that is this side's fault, not the host's, and the task is
-given the agent's keepalive timeout on top.
+given the keepalive timeout on top (after which its host has deleted the idle shell).
 
 Also the deadline: a task outliving ``execution_timeout + grace`` is stopped from here even if
 the agent, which enforces the timeout first, did not manage to.
@@ -75,8 +75,8 @@ def judge(
     ``start_timeout``: until the agent's first heartbeat, silence is allowed this long instead
     (starting Python and importing the Task SDK takes seconds on a busy host).
     ``keepalive_timeout``: while polls fail for want of a ticket (the KDC is away) the host is
-    not to blame and the task may well be running; it is given up only once its agent, without
-    keepalives, has stopped it too.
+    not to blame and the task may well be running; it is given up only once its host, reached by
+    no request for that long, has deleted the task's shell and its processes too.
     """
     if not live.heard:
         hung_after = max(hung_after, start_timeout)
@@ -86,7 +86,7 @@ def judge(
             return Verdict(
                 "hung",
                 f"no news from {host} for {silent:.0f} s: no Kerberos ticket to reach it ({live.no_ticket}); "
-                f"its agent stops the task after {keepalive_timeout:g} s without keepalives",
+                f"its host ends the task after {keepalive_timeout:g} s without requests",
             )
         return None
     if live.deadline is not None and now > live.deadline:

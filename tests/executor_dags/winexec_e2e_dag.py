@@ -91,7 +91,11 @@ def winexec_e2e() -> None:
     double_hop()
     # the same try comes back to the executor: each poke, and the resume after the trigger fired
     PythonSensor(
-        task_id="reschedule_sensor", mode="reschedule", poke_interval=3, timeout=300, python_callable=_third_poke
+        task_id="reschedule_sensor",
+        mode="reschedule",
+        poke_interval=3,
+        timeout=300,
+        python_callable=_third_poke,
     )
     DateTimeSensorAsync(  # the trigger waits in the triggerer; the resume runs on a host again
         task_id="deferrable_sensor",

@@ -2,10 +2,10 @@
 
 Modes::
 
-    python -m winexec.agent                  # first stdin line: Start; later: Keepalive / Stop
+    python -m winexec.agent                  # stdin: one Start line, then it ends
     python -m winexec.agent --self-check     # one JSON line about this host
     python -m winexec.agent --status RUN_ID  # one JSON line: the run's marker and liveness
-    python -m winexec.agent --stop RUN_ID [--wait S]  # stop that run (its agent reports "stopped")
+    python -m winexec.agent --stop RUN_ID [--wait S]  # stdin {"reason"}: stop that run
     python -m winexec.agent --runs           # one JSON line: the winexec runs active on this host
     python -m winexec.agent --read-log       # stdin {"path", "offset", "limit"}: one page of a task log
 
@@ -32,11 +32,9 @@ from winexec.protocol import (
     Exit,
     ExitState,
     Heartbeat,
-    Keepalive,
     ProtocolError,
     Start,
     Started,
-    Stop,
     host_path,
     parse_line,
 )
@@ -66,10 +64,9 @@ class _Lines(Protocol):
 class AgentRun:
     """One launch: the Start message, the supervised task, and the watchdog around it."""
 
-    def __init__(self, start: Start, sink: EventSink, stdin: _Lines) -> None:
+    def __init__(self, start: Start, sink: EventSink) -> None:
         self.start = start
         self.sink = sink
-        self.stdin = stdin
         self.token: str = str(start.workload.get("token") or "")
         self.marker: Marker | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -78,7 +75,6 @@ class AgentRun:
         self.started_at: float | None = None
         self.executing_at: float | None = None  # when the task's execute() began
         self.running_file: Path | None = None
-        self.last_keepalive = time.monotonic()
         self.stop_state: ExitState | None = None
         self.stop_reason = ""
         self._terminated_at: float | None = None
@@ -139,28 +135,6 @@ class AgentRun:
                 self.marker.update(task_pid=pid, state="running")
 
     # -- threads --------------------------------------------------------------------------
-    def _read_stdin(self) -> None:
-        """Keepalive/Stop lines; EOF alone never stops the task (WinRM may close input)."""
-        while True:
-            try:
-                line = self.stdin.readline()
-            except (OSError, ValueError):
-                return
-            if not line:
-                return
-            if not line.strip():
-                continue
-            try:
-                msg = parse_line(line)
-            except ProtocolError:
-                self.log("ignored a stdin line that is not a protocol message", "warning")
-                continue
-            self.last_keepalive = time.monotonic()
-            if isinstance(msg, Stop):
-                self.request_stop("stopped", msg.reason or "stop requested by the executor")
-            elif not isinstance(msg, Keepalive):
-                self.log(f"ignored unexpected {msg.type!r} message", "warning")
-
     def _watch(self) -> None:
         s = self.start
         next_heartbeat = time.monotonic()
@@ -170,8 +144,6 @@ class AgentRun:
             if now >= next_heartbeat:
                 self.sink.emit(Heartbeat(run_id=s.run_id))
                 next_heartbeat = now + max(s.heartbeat_interval, 0.1)
-            if s.keepalive_timeout > 0 and now - self.last_keepalive > s.keepalive_timeout:
-                self.request_stop("orphaned", f"no keepalive from the executor for {s.keepalive_timeout:g} s")
             if self.executing_at is None and self.running_file is not None and self.running_file.exists():
                 self.executing_at = now  # execute() began: execution_timeout runs from here, as in Airflow
             if s.execution_timeout is not None and self.executing_at is not None:
@@ -271,8 +243,7 @@ class AgentRun:
         return None
 
     def watch(self) -> threading.Thread:
-        """Start reading keepalive/stop lines and the watchdog (heartbeats, deadlines, stops)."""
-        threading.Thread(target=self._read_stdin, name="winexec-stdin", daemon=True).start()
+        """Start the watchdog (heartbeats, deadlines, stop requests)."""
         watchdog = threading.Thread(target=self._watch, name="winexec-watchdog", daemon=True)
         watchdog.start()
         return watchdog
@@ -439,7 +410,7 @@ def _run(sink: EventSink, stdin: _Lines, run_class: type[AgentRun] = AgentRun) -
             Exit(run_id="", state="error", reason=f"first stdin line must be 'start', got {msg.type!r}")
         )
         return 2
-    run = run_class(msg, sink, stdin)
+    run = run_class(msg, sink)
     try:
         return run.run()
     except Exception as e:  # last resort: the executor must always get an exit line
@@ -475,7 +446,7 @@ def _status(run_id: str) -> dict[str, Any]:
     }
 
 
-def _stop(run_id: str, wait: float) -> dict[str, Any]:
+def _stop(run_id: str, wait: float, reason: str = "stop requested via --stop") -> dict[str, Any]:
     """Ask the run's agent to stop (it reports ``stopped``); kill leftovers if it is gone."""
     from winexec.agent import spool
 
@@ -484,7 +455,7 @@ def _stop(run_id: str, wait: float) -> dict[str, Any]:
         return {"run_id": run_id, "found": False, "stopped": False}
     if m.data.get("finished"):
         return {**_status(run_id), "stopped": True}
-    m.request_stop("stop requested via --stop")
+    m.request_stop(reason)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         st = _status(run_id)
@@ -536,7 +507,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.status:
             out = _status(args.status)
         else:
-            out = _stop(args.stop, args.wait)
+            from winexec.agent.hostlog import read_request
+
+            request = read_request() or {}
+            out = _stop(args.stop, args.wait, str(request.get("reason") or "stop requested via --stop"))
         sys.stdout.write(json.dumps(out, ensure_ascii=True, sort_keys=True, default=str) + "\n")
         sys.stdout.flush()
         return 0
@@ -545,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(run_class: type[AgentRun] = AgentRun) -> int:
-    """Run mode: protocol lines on stdout, the start message and keepalives on stdin."""
+    """Run mode: protocol lines on stdout, the start message on stdin."""
     from winexec.agent.events import capture_stdout
 
     sink = capture_stdout()

@@ -696,13 +696,16 @@ class PSRPShell(Shell):
                 self.pool.reconnect()
 
     def connect(self, connect_xml: bytes) -> bytes:
-        """A new client takes over the pool (``RunspacePool.connect()`` from another process)."""
+        """A new client takes over the disconnected pool (``RunspacePool.connect()`` from another
+        process). The answer carries the server's SESSION_CAPABILITY (MS-PSRP 3.1.5.3.15); the
+        RUNSPACEPOOL_INIT_DATA that follows comes with the next Receive."""
         with self.cond:
             self.touch()
             if self.pool.state == RunspacePoolState.Opened:
                 self.pool.disconnect()
             self.queues[None] = deque()
             self.pool.connect()
+            self.pool.prepare_message(self.pool.our_capability)
             self.feed(connect_xml, None)
             self.state = "Connected"
             data = b"".join(self.queues[None])

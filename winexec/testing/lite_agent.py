@@ -1,7 +1,7 @@
 """The real agent around a tiny task process instead of a Task SDK run, for fault tests at scale.
 
 Everything the executor talks to is the real :mod:`winexec.agent`: the protocol, the run's claim
-on the host (duplicate refusal, slot admission), heartbeats, keepalive, stop, deadlines,
+on the host (duplicate refusal, slot admission), heartbeats, stop, deadlines,
 containment of the process tree, run markers. Only the task differs: a few lines of Python
 instead of the Task SDK (two interpreters each importing ``airflow.sdk``, several CPU-seconds on
 a small machine), so hundreds of tasks fit in a test on two cores.

@@ -49,7 +49,23 @@ class AgentProc:
         self.events: list[Message] = []
         self._q: queue.Queue[Message | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
+        self.env = env
         self.send(start)
+        self.close_stdin()  # as Windows PowerShell 5.1 does once it has written the input
+
+    def stop(self, reason: str) -> dict[str, object]:
+        """``python -m winexec.agent --stop RUN_ID`` beside the agent, as the launcher does."""
+        import json
+
+        out = subprocess.run(
+            [sys.executable, "-m", "winexec.agent", "--stop", self.start_msg.run_id, "--wait", "0"],
+            input=json.dumps({"reason": reason}),
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+        )
+        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from tests.agent_helpers import AgentProc, windowslike_env
-from winexec.protocol import Exit, Keepalive, Start, Started, Stop, parse_line
+from winexec.protocol import Exit, Start, Started, parse_line
 from winexec.testing.airflow_stack import AirflowStack
 
 DAG_ID = "winexec_agent"
@@ -184,28 +184,12 @@ def test_stop_kills_the_tree(runner: Runner) -> None:
     run_id, wl = runner.workload("sleepy", conf={"pidfile": str(pidfile)})
     agent = runner.launch(wl, grace=1.0)
     facts = _read_pidfile(pidfile)
-    agent.send(Stop(reason="revoked by test"))
+    asked = agent.stop("revoked by test")
+    assert asked["found"] and asked["run_id"] == agent.start_msg.run_id, asked
     ex = agent.finish()
     assert (ex.state, ex.reason) == ("stopped", "revoked by test"), agent.describe()
     assert _gone([facts["pid"], facts["child"]])
     assert runner.ti_state(run_id, "sleepy") in {"failed", "up_for_retry"}
-
-
-def test_keepalive_lapse_orphans_the_task(runner: Runner) -> None:
-    pidfile = runner.tmp / "pids.json"
-    _, wl = runner.workload("sleepy", conf={"pidfile": str(pidfile)})
-    agent = runner.launch(wl, keepalive_timeout=4.0, grace=1.0)
-    deadline = time.monotonic() + 90
-    while not pidfile.exists():  # keep it alive until the task is surely running
-        assert time.monotonic() < deadline, agent.describe()
-        agent.send(Keepalive())
-        time.sleep(0.5)
-    last_keepalive = time.monotonic()
-    facts = _read_pidfile(pidfile)
-    ex = agent.finish()
-    assert ex.state == "orphaned", agent.describe()
-    assert time.monotonic() - last_keepalive >= 4.0
-    assert _gone([facts["pid"], facts["child"]])
 
 
 def test_stdin_eof_alone_does_not_stop_the_task(runner: Runner) -> None:

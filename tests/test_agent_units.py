@@ -211,7 +211,7 @@ def test_an_invalid_workload_is_an_error_and_the_token_stays_secret(work: Path) 
 
 
 def test_first_line_must_be_start(work: Path) -> None:
-    res = _agent(b'{"v":1,"type":"keepalive"}\n', work)
+    res = _agent(b'{"v":1,"type":"heartbeat","run_id":"r"}\n', work)
     ex = parse_line(res.stdout.splitlines()[-1])
     assert isinstance(ex, Exit) and ex.state == "error" and "start" in ex.reason
 

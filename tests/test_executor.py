@@ -35,14 +35,10 @@ class FakeSession:
         self.principal = principal
         self.start = start
         self.script = list(script)
-        self.sent: list[protocol.Message] = []
         self.stopped: str | None = None
         self.closed = False
         self.disconnected = False
         self.polls = 0
-
-    def send(self, msg: protocol.Message) -> None:
-        self.sent.append(msg)
 
     def poll(self, timeout: int) -> PollResult:
         self.polls += 1
@@ -165,7 +161,7 @@ def _settings(**kw: Any) -> Settings:
         "host_failure_threshold": 2,
         "heartbeat_interval": 0.1,
         "missed_heartbeats": 3,
-        "keepalive_timeout": 1.0,
+        "keepalive_timeout": 60.0,
     }
     base.update(kw)
     return Settings(**base)
@@ -277,7 +273,7 @@ def test_success_reports_running_then_success_and_frees_the_slot(make_executor, 
     assert not ex.running and not ex.records and ex.pool is not None and ex.pool.free_slots() == 4
     start = transport.sessions[0].start
     assert start.workload["token"] == "secret-token" and start.run_id == run_id
-    assert start.keepalive_timeout == 1.0 and start.heartbeat_interval == 0.1
+    assert start.heartbeat_interval == 0.1
 
 
 def test_task_failure_is_reported(make_executor, transport) -> None:  # type: ignore[no-untyped-def]
@@ -419,7 +415,6 @@ def test_hung_task_is_failed_with_the_reason_and_stopped(make_executor, transpor
     assert "no heartbeat from" in events[w.ti.key][1]
     (session,) = transport.sessions
     assert session.stopped and "no heartbeat" in session.stopped
-    assert any(isinstance(m, protocol.Keepalive) for m in session.sent)
 
 
 def test_deadline_stops_a_task(make_executor, transport) -> None:  # type: ignore[no-untyped-def]
@@ -646,7 +641,7 @@ def test_watchdog_polls_failing_for_want_of_a_ticket_are_not_the_hosts_silence()
     verdict = judge(live, 76.0, hung_after=15, host="h", keepalive_timeout=60)
     assert verdict is not None and verdict.kind == "hung"
     assert "no Kerberos ticket to reach it (KDC unreachable)" in verdict.reason
-    assert "after 60 s without keepalives" in verdict.reason
+    assert "after 60 s without requests" in verdict.reason
     live.heartbeat(80.0)  # the KDC is back and the agent answers: all is forgiven
     assert live.no_ticket is None and judge(live, 81.0, hung_after=15, host="h") is None
 

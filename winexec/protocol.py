@@ -118,9 +118,7 @@ class Exit(Message):
     ti_state: str | None = None
 
 
-MESSAGES: dict[str, type[Message]] = {
-    m.type: m for m in (Start, Started, Heartbeat, Log, Exit)
-}
+MESSAGES: dict[str, type[Message]] = {m.type: m for m in (Start, Started, Heartbeat, Log, Exit)}
 
 
 def parse_line(line: str | bytes) -> Message:

@@ -33,6 +33,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--realm", default="WINEXEC.TEST", help="realm name (default WINEXEC.TEST)")
     p.add_argument("--short-tickets", action="store_true", help="60 s tickets renewable for 180 s")
     p.add_argument("--no-windows-like", action="store_true", help="do not restrict started processes")
+    p.add_argument(
+        "--powershell7",
+        action="store_true",
+        help="hosts also have PowerShell 7's PowerShell.7 endpoint (Microsoft.PowerShell is 5.1 always)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON line when ready")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return p.parse_args(argv)
@@ -73,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         principals: dict[str, str] = {}
         for name in dict.fromkeys([DEFAULT_PRINCIPAL, *args.principal]):
             principals[name] = str(realm.add_principal(name))
-        cluster = SimCluster(realm, hosts=args.hosts, windows_like=not args.no_windows_like).start()
+        cluster = SimCluster(
+            realm, hosts=args.hosts, windows_like=not args.no_windows_like, powershell7=args.powershell7
+        ).start()
         info = describe(realm, cluster, principals)
         if args.json:
             print(json.dumps(info), flush=True)

@@ -204,6 +204,7 @@ class SimHost:
                     "command_id": command_id,
                     "argv": list(argv),
                     "delegated": shell.delegated,
+                    "endpoint": shell.endpoint.profile if isinstance(shell, PSRPShell) else "cmd",
                     "exit_code": None,
                     "ended": None,
                 }

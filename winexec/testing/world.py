@@ -47,14 +47,16 @@ def host_python(path: Path, env: Mapping[str, str]) -> Path:
     return path
 
 
-def host_entry(host: Any, slots: int, name: str | None = None) -> str:
-    """One stand-in host as a ``[winexec] hosts`` entry: its SPN name, port, slots, loopback address."""
-    return f"http://{name or host.name}:{host.http_port}?slots={slots}&address={host.address}"
+def host_entry(host: Any, slots: int, name: str | None = None, configuration: str = "") -> str:
+    """One stand-in host as a ``[winexec] hosts`` entry: its SPN name, port, slots, loopback
+    address, and the PSRP endpoint when not the default."""
+    entry = f"http://{name or host.name}:{host.http_port}?slots={slots}&address={host.address}"
+    return f"{entry}&configuration={configuration}" if configuration else entry
 
 
-def hosts_option(cluster: SimCluster, slots: int) -> str:
+def hosts_option(cluster: SimCluster, slots: int, configuration: str = "") -> str:
     """``[winexec] hosts`` for every host of ``cluster``."""
-    return ", ".join(host_entry(h, slots) for h in cluster.hosts)
+    return ", ".join(host_entry(h, slots, configuration=configuration) for h in cluster.hosts)
 
 
 def merge_config(*configs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -79,6 +81,7 @@ def windows_world(
     host_env: Mapping[str, str] | None = None,
     windows_like: bool = True,
     triggerer: bool = False,
+    powershell7: bool = False,
 ) -> Iterator[World]:
     """Start everything under ``workdir``; stop everything (no process left) on exit.
 
@@ -86,13 +89,16 @@ def windows_world(
     ``keytab_dir``, so tasks may map to any of them. ``host_env`` adds to the hosts' environment
     and ``winexec``/``config`` override airflow.cfg options. ``triggerer`` adds ``airflow
     triggerer`` (deferrable operators; the triggers run on this machine, the tasks on the hosts).
+    ``powershell7``: the hosts have PowerShell 7's endpoint and winexec uses it (``PowerShell.7``).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "airflow-home"
     home.mkdir(exist_ok=True)
     host_home = workdir / "host-home"
     host_home.mkdir(exist_ok=True)
-    with running_cluster(workdir / "realm", hosts, principals, windows_like=windows_like) as (realm, cluster):
+    with running_cluster(
+        workdir / "realm", hosts, principals, windows_like=windows_like, powershell7=powershell7
+    ) as (realm, cluster):
         python = host_python(
             workdir / "host-python",
             {
@@ -109,7 +115,7 @@ def windows_world(
         )
         default = realm.principal(principals[0])
         section = {
-            "hosts": hosts_option(cluster, slots),
+            "hosts": hosts_option(cluster, slots, "PowerShell.7" if powershell7 else ""),
             "python": str(python),
             "default_principal": default,
             "default_keytab": str(realm.keytab_path(default)),

@@ -179,7 +179,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             heartbeat_interval=1.0,
             missed_heartbeats=15,  # roomy: a loaded 2-core machine delays heartbeats by seconds
             start_timeout=180.0,
-            keepalive_timeout=30.0,
+            keepalive_timeout=60.0,
             execution_timeout_grace=2.0,
             launch_attempts=4,
             launch_backoff=0.5,
@@ -289,14 +289,38 @@ def test_network_stall_longer_than_the_heartbeat_timeout(w: World) -> None:
     events = drive(ex, finished([key]))
     state, reason = events[key]
     assert state == "failed" and f"no heartbeat from {host}" in reason, reason
-    sim.faults.stall(0)  # the network heals: the stop (or the agent's keepalive lapse) ends it
+    sim.faults.stall(0)  # the network heals: the stop (or the shell's idle timeout) ends it
     drive(ex, lambda ev: not ex.records, timeout=90)
     wait_for(lambda: not sim.processes(), 60, lambda: f"still running on {host}: {sim.processes()}")
     assert w.starts()[(key.run_id, key.try_number)] == 1
     (marker,) = w.markers(str(x.ti.id))
-    # stopped or orphaned by the agent itself -- or still "running" when closing the shell killed
-    # it before it could say so (a loaded machine); never finished as if nothing happened
-    assert marker["state"] in ("stopped", "orphaned", "running"), marker
+    # stopped by the agent -- or still "running" when deleting the shell killed it before it could
+    # say so; never finished as if nothing happened
+    assert marker["state"] in ("stopped", "running"), marker
+
+
+def test_a_partitioned_host_runs_no_orphan_past_keepalive_timeout(w: World) -> None:
+    """Cut off from its executor, the host itself ends the task: no request reaches the run's
+    shell, so the shell's IdleTimeOut (keepalive_timeout) deletes it with its processes."""
+    ex = w.executor()
+    (x,) = w.submit(ex, 1, {"sleep": 300})
+    key = x.ti.key
+    drive(ex, lambda ev: running_on(ex, key) is not None and w.starts()[(key.run_id, key.try_number)] == 1)
+    host = running_on(ex, key)
+    assert host is not None
+    sim = w.sim(_idx(w, host))
+    assert sim.processes()
+    cut = time.monotonic()
+    sim.faults.refuse(True)  # the partition: connections refused, the host and its shells live on
+    try:
+        wait_for(lambda: not sim.processes(), w.settings.keepalive_timeout + 30, lambda: str(sim.processes()))
+        assert time.monotonic() - cut >= w.settings.keepalive_timeout - 1
+    finally:
+        sim.faults.refuse(False)
+    events = drive(ex, finished([key]))
+    assert events[key][0] == "failed", events[key]
+    drive(ex, lambda ev: not ex.records, timeout=90)
+    assert w.starts()[(key.run_id, key.try_number)] == 1
 
 
 def test_connection_dropped_mid_receive_is_survived(w: World) -> None:

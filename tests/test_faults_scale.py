@@ -91,7 +91,7 @@ def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
             heartbeat_interval=1.0,
             missed_heartbeats=12,
             start_timeout=120.0,
-            keepalive_timeout=40.0,
+            keepalive_timeout=60.0,
             execution_timeout_grace=2.0,
             launch_attempts=8,
             launch_backoff=0.3,

@@ -178,7 +178,8 @@ def _long_run(realm: Realm, host: SimHost) -> tuple[RunspacePool, PowerShell]:
     return pool, ps
 
 
-def _disconnect(client: object, shell_id: str) -> None:
+def disconnect_shell(client: object, shell_id: str) -> None:
+    """rsp:Disconnect of a 5.1 shell (pypsrp's own skips pools it never connected itself)."""
     sel = SelectorSet()
     sel.add_option("ShellId", shell_id)
     body = ET.Element(f"{{{NAMESPACES['rsp']}}}Disconnect")
@@ -200,7 +201,7 @@ def test_connect_to_a_connected_shell_faults_and_other_sessions_are_refused(
             _find(other, shell_id).connect()  # MS-WSMV 3.1.4.17
         assert e.value.code == 2150859213
         with pytest.raises(WSManFaultError) as e:
-            _disconnect(other, shell_id)
+            disconnect_shell(other, shell_id)
         assert e.value.code == 2150859213
         ps.poll_invoke(timeout=2)  # the owner carries on
         assert ps.state == PSInvocationState.RUNNING
@@ -215,7 +216,7 @@ def test_a_new_connection_of_the_same_session_disconnects_and_connects(realm: Re
     assert next(s for s in host.shells() if s.id == shell_id).state == "Connected"
     again = wsman(host, realm)
     again.session_id = pool.connection.session_id  # the same client session, new TCP connection
-    _disconnect(again, shell_id)
+    disconnect_shell(again, shell_id)
     assert next(s for s in host.shells() if s.id == shell_id).state == "Disconnected"
     with pytest.raises(WSManFaultError) as e:  # a disconnected shell takes no Receive
         ps.poll_invoke(timeout=1)

@@ -14,6 +14,7 @@ from pypsrp.exceptions import WinRMTransportError, WSManFaultError
 from pypsrp.powershell import PowerShell, PSInvocationState, RunspacePool
 
 from tests import sim_fixtures
+from tests.test_sim_endpoints import disconnect_shell
 from winexec.sim import Quotas, SimCluster, SimHost
 from winexec.sim.kdc import Realm
 from winexec.sim.testing import wsman
@@ -98,7 +99,7 @@ def test_max_concurrent_operations_per_user(realm: Realm, host: SimHost) -> None
 
 def test_max_processes_per_shell(realm: Realm, host: SimHost) -> None:
     host.quotas.MaxProcessesPerShell = 1
-    with RunspacePool(wsman(host, realm)) as pool:
+    with RunspacePool(wsman(host, realm), max_runspaces=2) as pool:  # the second runs beside the first
         first = start(pool, TICKER)
         wait_output(first)
         second = PowerShell(pool)
@@ -185,9 +186,13 @@ def test_drop_connection_mid_receive(realm: Realm, host: SimHost) -> None:
         ps.poll_invoke(timeout=2)
     assert host.processes(), "the pipeline keeps running when the client's connection dies"
     assert host.shell_count == 1
-    # A fresh client adopts the pipeline and keeps reading it.
-    adopted = RunspacePool.get_runspace_pools(wsman(host, realm))
+    # A fresh client of the same session (a new TCP connection) disconnects the shell, which is
+    # still connected to it, then adopts the pipeline and keeps reading it.
+    fresh = wsman(host, realm)
+    fresh.session_id = pool.connection.session_id
+    adopted = RunspacePool.get_runspace_pools(fresh)
     assert [str(p.id).upper() for p in adopted] == [str(pool.id).upper()]
+    disconnect_shell(fresh, str(pool.id).upper())
     adopted[0].connect()
     again = adopted[0].create_disconnected_power_shells()[0]
     again.connect_async()

@@ -40,46 +40,6 @@ def error_texts(ps: PowerShell) -> list[str]:
     return [str(e) for e in ps.streams.error]
 
 
-def test_output_streams_before_exit_and_input_reaches_stdin(realm: Realm, host: SimHost) -> None:
-    script = (
-        "import sys, time\n"
-        "for i in range(3):\n"
-        "    print('tick', i, flush=True)\n"
-        "    time.sleep(0.4)\n"
-        "for line in sys.stdin:\n"
-        "    print('got', line.strip(), flush=True)\n"
-    )
-    with RunspacePool(wsman(host, realm)) as pool:
-        ps = py(pool, script)
-        ps.begin_invoke(input=(x for x in ["alpha", "beta"]))  # one Send per object
-        seen_while_running: list[str] = []
-        while ps.state == PSInvocationState.RUNNING:
-            ps.poll_invoke(timeout=2)
-            if ps.state == PSInvocationState.RUNNING and ps.output:
-                seen_while_running = list(ps.output)
-        assert seen_while_running and seen_while_running[0] == "tick 0"
-        assert ps.state == PSInvocationState.COMPLETED
-        assert ps.output == ["tick 0", "tick 1", "tick 2", "got alpha", "got beta"]
-        # Exit code 0: an information record tagged NativeCommandExitCode carries it.
-        codes = [i.message_data for i in ps.streams.information]
-        assert codes == [0]
-        assert not ps.had_errors
-
-
-def test_nonzero_exit_and_stderr(realm: Realm, host: SimHost) -> None:
-    script = "import sys; print('out'); sys.stderr.write('bad thing\\n'); sys.exit(7)"
-    with RunspacePool(wsman(host, realm)) as pool:
-        ps = py(pool, script)
-        ps.invoke()
-        assert ps.output == ["out"]
-        assert ps.state == PSInvocationState.FAILED
-        assert ps.had_errors
-        errors = error_texts(ps)
-        assert errors[0] == "bad thing"
-        assert errors[-1] == f'Program "{PY.rsplit("/", 1)[-1]}" ended with non-zero exit code: 7.'
-        assert [i.message_data for i in ps.streams.information] == [7]
-
-
 def test_unknown_command_fails_like_powershell(realm: Realm, host: SimHost) -> None:
     with RunspacePool(wsman(host, realm)) as pool:
         ps = PowerShell(pool)

@@ -27,13 +27,13 @@ def _run(host: SimHost, realm: Realm, script: str) -> PowerShell:
 
 def test_fork_is_missing(realm: Realm, host: SimHost) -> None:
     ps = _run(host, realm, "import os; os.fork()")
-    assert ps.state == PSInvocationState.FAILED
+    assert ps.state == PSInvocationState.COMPLETED  # a failing native command does not fail 5.1's pipeline
     assert any("AttributeError: module 'os' has no attribute 'fork'" in str(e) for e in ps.streams.error)
 
 
 def test_fcntl_is_unimportable(realm: Realm, host: SimHost) -> None:
     ps = _run(host, realm, "import fcntl")
-    assert ps.state == PSInvocationState.FAILED
+    assert ps.state == PSInvocationState.COMPLETED
     assert any("ModuleNotFoundError: No module named 'fcntl'" in str(e) for e in ps.streams.error)
 
 

@@ -522,6 +522,11 @@ def serve(run_class: type[AgentRun] = AgentRun) -> int:
     """Run mode: protocol lines on stdout, the start message on stdin."""
     from winexec.agent.events import capture_stdout
 
+    # CPython block-buffers stdout on a pipe (on Windows as anywhere): the task process and
+    # anything it starts write their lines as they come, so a live log shows them live. (The
+    # agent's own protocol lines are written unbuffered, straight to the file descriptor.)
+    os.environ["PYTHONUNBUFFERED"] = "1"
+
     sink = capture_stdout()
     from winexec.agent import compat
 

@@ -24,13 +24,13 @@ from winexec.testing.world import World, windows_world
 SLOTS = 3
 
 
-#: The PSRP endpoint the hosts' entries name: "" is the default, Microsoft.PowerShell (5.1).
-#: tests/test_executor_e2e_ps7.py runs the whole-DAG test again on PowerShell.7.
-POWERSHELL7 = False
+#: The PSRP endpoint of each host's entry: win01 and win02 on the default, Microsoft.PowerShell
+#: (Windows PowerShell 5.1), win03 on PowerShell 7's PowerShell.7 (sim README, fidelity table).
+ENDPOINTS = ("", "", "PowerShell.7")
 
 
 @pytest.fixture(scope="module")
-def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("e2e")
     dags = tmp / "dags"
     dags.mkdir()
@@ -43,7 +43,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         slots=SLOTS,
         principals=("airflow", "alice"),
         triggerer=True,  # deferrable_sensor
-        powershell7=getattr(request.module, "POWERSHELL7", False),
+        endpoints=ENDPOINTS,
         host_env={"WINEXEC_E2E_SECOND_HOP": "HTTP@win02.winexec.test"},
         winexec={
             "heartbeat_interval": "1",
@@ -88,6 +88,7 @@ def _log_text(
     return str(stack.api("GET", path, params={"map_index": map_index}))
 
 
+@pytest.mark.timeout(600)
 def test_a_whole_dag_runs_on_the_windows_hosts(world: World, stack: AirflowStack) -> None:
     run_id = stack.trigger(DAG_ID)
     try:
@@ -127,12 +128,11 @@ def test_a_whole_dag_runs_on_the_windows_hosts(world: World, stack: AirflowStack
         assert tis[(task_id, -1)]["try_number"] == 1, tis[(task_id, -1)]
         log = _log_text(stack, DAG_ID, run_id, task_id, 1, -1)
         assert len(re.findall(r"winexec: running on WIN0[123] as ", log)) == runs, (task_id, log[-5000:])
-    # every agent ran on the endpoint the hosts' entries name
-    profile = "powershell-7" if world.cluster.powershell7 else "windows-powershell-5.1"
-    agents = [
-        e for h in world.cluster.hosts for e in h.pipeline_log if "winexec.agent" in " ".join(e["argv"])
-    ]
-    assert agents and {e["endpoint"] for e in agents} == {profile}
+    # every agent ran on the endpoint its host's entry names, and both endpoints ran tasks
+    for h, endpoint in zip(world.cluster.hosts, ENDPOINTS, strict=True):
+        profile = "powershell-7" if endpoint == "PowerShell.7" else "windows-powershell-5.1"
+        agents = [e for e in h.pipeline_log if "winexec.agent" in " ".join(e["argv"])]
+        assert agents and {e["endpoint"] for e in agents} == {profile}, (h.name, agents[:3])
     # the pool's slots were respected throughout, as counted by the hosts themselves
     for h in world.cluster.hosts:
         assert 0 < _peak_concurrency(h.pipeline_log) <= SLOTS, (h.name, h.pipeline_log)

@@ -415,3 +415,18 @@ def test_python_missing_reason_only_for_command_not_found() -> None:
     h = HostSpec("win01.corp.example")
     assert python_missing_reason(["The term 'py.exe' is not recognized as the name of a cmdlet"], h, "py.exe")
     assert python_missing_reason(["Traceback: boom"], h, "py.exe") is None
+
+
+def test_only_a_connection_that_never_opened_surely_sent_nothing() -> None:
+    """Settling an ambiguous launch resends the agent's input only when it surely never left."""
+    import requests
+    from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
+
+    from winexec.launcher import _never_sent
+
+    refused = requests.exceptions.ConnectionError(
+        MaxRetryError(None, "/wsman", NewConnectionError(None, "Connection refused"))  # type: ignore[arg-type]
+    )
+    assert _never_sent(refused)
+    cut = requests.exceptions.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError()))
+    assert not _never_sent(cut)  # the request may have been read before the connection broke

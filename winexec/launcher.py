@@ -70,6 +70,9 @@ FailureKind = Literal[
 
 #: Tries to find the run's shell after an ambiguous launch failure before calling it ambiguous.
 SETTLE_ATTEMPTS = 5
+#: How long settling an ambiguous launch looks for the agent's record before it sends the input
+#: again: the agent claims its run within seconds of getting its input.
+INPUT_PROBE = 20.0
 #: A session logs on again this long (at most a quarter of its ticket's life) before its ticket ends.
 RELOGON_BEFORE = 300.0
 
@@ -401,7 +404,7 @@ class TaskSession:
             self._ps = ps
             ps.begin_invoke(input=the_input())
         except Exception as e:
-            self._settle(classify(e, h, self.principal), start, input_sent=bool(sent))
+            self._settle(classify(e, h, self.principal), start, input_sent=bool(sent) and not _never_sent(e))
         self.opened_at = time.monotonic()
 
     def _settle(self, err: LaunchError, start: protocol.Start, input_sent: bool) -> None:
@@ -409,11 +412,12 @@ class TaskSession:
         launches this try again (elsewhere, that would run it twice).
 
         Reattach to the run's shell (its id is the run id). A pipeline there means the launch
-        got through: if its input was never sent (the Command's answer was lost), it is sent
-        now, and the agent starts; the session goes on. No shell or no pipeline there: nothing
-        started, ``err`` stands and the launch may be retried anywhere. The host silent:
-        :class:`LaunchAmbiguous`. (Input sent but lost with its Send leaves an agent that never
-        starts: the start timeout fails that try, once, and stopping it deletes its shell.)
+        got through. Its input may still be missing (Windows PowerShell 5.1 then has not started
+        the agent): surely so when the Command's answer was lost or the input's Send never
+        connected; when the Send broke off, the agent's record on the host says (``--status``,
+        beside it, for up to ``INPUT_PROBE`` s). Missing input is sent now and the agent starts;
+        the session goes on. No shell or no pipeline there: nothing started, ``err`` stands and
+        the launch may be retried anywhere. The host silent: :class:`LaunchAmbiguous`.
         """
         if err.kind not in ("unreachable", "auth", "agent"):  # a real answer: nothing started
             self._abandon()
@@ -425,8 +429,11 @@ class TaskSession:
                 time.sleep(min(0.5 * 2 ** (attempt - 1), 4.0))  # 0.5, 1, 2, 4 s: a blip passes
             try:
                 self.reattach(start.run_id)
+                if input_sent and not self._agent_claimed():
+                    input_sent = False
                 if not input_sent:
                     self._send_input(start)
+                    input_sent = True
             except AgentFailure as e:
                 if "no shell of run" in e.reason or "runs no agent" in e.reason:
                     raise err from None  # nothing runs there; reattach closed what it found
@@ -448,6 +455,20 @@ class TaskSession:
             f"then {last.reason}): whether the task started there is unknown, so it is not started "
             "again anywhere, which could run this try twice"
         ) from None
+
+    def _agent_claimed(self) -> bool:
+        """Whether the run's agent has claimed its run on the host (so it got its input)."""
+        from winexec.hostcall import HostChannel
+
+        channel = HostChannel.around(self)
+        deadline = time.monotonic() + INPUT_PROBE
+        while channel is not None and self.run_id:
+            if channel.agent("--status", None, self.run_id).get("found"):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1.0)
+        return False
 
     def _send_input(self, start: protocol.Start) -> None:
         """The agent's whole input: the start line and EndOfPipelineInput, as ``open`` sends it."""
@@ -607,7 +628,7 @@ class TaskSession:
 
         if not self.run_id:
             return None
-        try:  # a shell of its own: pypsrp cannot start a pipeline in a reattached one
+        try:  # a shell of its own: the run's may be the very thing that just broke
             with HostChannel(self.settings, self.host, self.principal, False, self._credential) as channel:
                 st = channel.agent("--status", None, self.run_id)
         except (AgentFailure, PythonMissing) as e:  # the host answered: it keeps no such record
@@ -762,6 +783,21 @@ class TaskSession:
             self.close()
         except Exception:
             pass
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection that never opened: its request surely did not reach the host."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        reason = getattr(seen.args[0], "reason", None) if seen.args else None  # urllib3's MaxRetryError
+        for e in (seen, reason):
+            if isinstance(e, (ConnectionRefusedError,)) or type(e).__name__ in (
+                "NewConnectionError",
+                "ConnectTimeoutError",
+            ):
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _disconnect(wsman: Any, pool: Any) -> None:

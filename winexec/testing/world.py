@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,9 +54,11 @@ def host_entry(host: Any, slots: int, name: str | None = None, configuration: st
     return f"{entry}&configuration={configuration}" if configuration else entry
 
 
-def hosts_option(cluster: SimCluster, slots: int, configuration: str = "") -> str:
-    """``[winexec] hosts`` for every host of ``cluster``."""
-    return ", ".join(host_entry(h, slots, configuration=configuration) for h in cluster.hosts)
+def hosts_option(cluster: SimCluster, slots: int, configurations: Sequence[str] = ()) -> str:
+    """``[winexec] hosts`` for every host of ``cluster``; ``configurations[i]`` names host i's
+    PSRP endpoint ("" or missing: the default)."""
+    ends = list(configurations) + [""] * len(cluster.hosts)
+    return ", ".join(host_entry(h, slots, configuration=c) for h, c in zip(cluster.hosts, ends, strict=False))
 
 
 def merge_config(*configs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -81,7 +83,7 @@ def windows_world(
     host_env: Mapping[str, str] | None = None,
     windows_like: bool = True,
     triggerer: bool = False,
-    powershell7: bool = False,
+    endpoints: Sequence[str] = (),
 ) -> Iterator[World]:
     """Start everything under ``workdir``; stop everything (no process left) on exit.
 
@@ -89,7 +91,8 @@ def windows_world(
     ``keytab_dir``, so tasks may map to any of them. ``host_env`` adds to the hosts' environment
     and ``winexec``/``config`` override airflow.cfg options. ``triggerer`` adds ``airflow
     triggerer`` (deferrable operators; the triggers run on this machine, the tasks on the hosts).
-    ``powershell7``: the hosts have PowerShell 7's endpoint and winexec uses it (``PowerShell.7``).
+    ``endpoints[i]``: the PSRP endpoint winexec uses on host i (e.g. ``PowerShell.7``; the hosts
+    then have PowerShell 7 installed); the default is Microsoft.PowerShell, Windows PowerShell 5.1.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "airflow-home"
@@ -97,7 +100,11 @@ def windows_world(
     host_home = workdir / "host-home"
     host_home.mkdir(exist_ok=True)
     with running_cluster(
-        workdir / "realm", hosts, principals, windows_like=windows_like, powershell7=powershell7
+        workdir / "realm",
+        hosts,
+        principals,
+        windows_like=windows_like,
+        powershell7="PowerShell.7" in endpoints,
     ) as (realm, cluster):
         python = host_python(
             workdir / "host-python",
@@ -115,7 +122,7 @@ def windows_world(
         )
         default = realm.principal(principals[0])
         section = {
-            "hosts": hosts_option(cluster, slots, "PowerShell.7" if powershell7 else ""),
+            "hosts": hosts_option(cluster, slots, endpoints),
             "python": str(python),
             "default_principal": default,
             "default_keytab": str(realm.keytab_path(default)),

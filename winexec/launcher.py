@@ -9,7 +9,7 @@ stdin): the command is the fixed ``<python> -m winexec.agent``, so no task field
 a command line or a script. The input is one line and then ``EndOfPipelineInput``: Windows
 PowerShell 5.1 starts a native command only once its input has ended, and closes its stdin
 after writing it, so nothing more can be said to the agent that way. Everything after the start
-travels otherwise (docs/windows-host-setup.md, "How winexec uses the endpoint"):
+travels otherwise (docs/windows-host-setup.md, section 6):
 
 - the shell is opened with ``max_runspaces=2``: a second pipeline (a stop request, a log page, a
   status query) runs beside the agent's instead of waiting for it to end;
@@ -151,7 +151,7 @@ class ShellGone(LaunchError):
 class LaunchAmbiguous(LaunchError):
     """The agent's command reached the host, then the host went silent: nobody can tell whether
     the task started. Not retried anywhere, because a second launch could run the try twice; the
-    possibly running agent stops itself when keepalives stay away."""
+    possibly waiting pipeline ends with its shell, which the host deletes once idle."""
 
     kind = "ambiguous"
     host_fault = True

@@ -33,7 +33,7 @@ PROTOCOL_VERSION = 1
 #: whose start line never followed (the host went silent in between) leaves no agent waiting.
 START_LINE_TIMEOUT = 120.0
 
-ExitState = Literal["success", "failed", "timeout", "stopped", "orphaned", "duplicate", "full", "error"]
+ExitState = Literal["success", "failed", "timeout", "stopped", "duplicate", "full", "error"]
 
 
 class ProtocolError(ValueError):

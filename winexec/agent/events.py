@@ -35,7 +35,7 @@ class EventSink:
                 while view:
                     n = os.write(self._fd, view)
                     view = view[n:]
-            except OSError:  # the executor went away; keep running, keepalive decides
+            except OSError:  # the executor went away; keep running: its shell's idle timeout decides
                 self.closed = True
 
     def close(self) -> None:

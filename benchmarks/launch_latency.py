@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +36,6 @@ printf '{"v":1,"type":"started","run_id":"%s","pid":%s,' "$rid" "$$"
 printf '"host":"%s","user":"%s","delegated":true}\n' "$COMPUTERNAME" "$USERNAME"
 printf '{"v":1,"type":"exit","run_id":"%s","state":"success","code":0}\n' "$rid"
 """
-
-
-def _first_line(line: str) -> Iterator[str | None]:
-    yield line
-    yield None  # no EndOfPipelineInput: stdin stays open, as the launcher does
 
 
 def _transport(ctx: Context, n: int) -> dict[str, Any]:
@@ -131,7 +125,8 @@ def _transport(ctx: Context, n: int) -> dict[str, Any]:
                     t0 = time.perf_counter()
                     ps = PowerShell(pool)
                     ps.add_cmdlet(str(agent)).add_argument("-m").add_argument("winexec.agent")
-                    ps.begin_invoke(input=_first_line(start_msg().to_line().rstrip("\n")))
+                    # the whole input, then its end: Windows PowerShell 5.1 starts the agent only then
+                    ps.begin_invoke(input=[start_msg().to_line().rstrip("\n")])
                     t_started = t_exit = None
                     deadline = time.monotonic() + 30
                     seen = 0

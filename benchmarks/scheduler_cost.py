@@ -45,22 +45,15 @@ TARGET_MIB_PER_TASK = 1.0
 
 FAKE_AGENT = r"""#!/bin/sh
 # Speaks winexec's agent protocol (winexec/protocol.py) and sleeps: a long-running task without
-# the cost of a real agent. Ignores its arguments (-m winexec.agent).
+# the cost of a real agent. Run mode only (-m winexec.agent); a query (--stop ...) answers that it
+# knows no such run, and the executor then deletes the run's shell, which ends this one.
+if [ -n "$3" ]; then echo '{"found":false}'; exit 0; fi
 IFS= read -r line
 rid=$(printf '%s' "$line" | sed -n 's/.*"run_id":"\([^"]*\)".*/\1/p')
 printf '{"v":1,"type":"started","run_id":"%s","pid":%s,' "$rid" "$$"
 printf '"host":"%s","user":"%s","delegated":false}\n' "$COMPUTERNAME" "$USERNAME"
-( while :; do sleep @HB@; printf '{"v":1,"type":"heartbeat","run_id":"%s"}\n' "$rid"; done ) &
-hb=$!
-while IFS= read -r l; do
-  case "$l" in
-    *'"type":"stop"'*)
-      kill $hb
-      printf '{"v":1,"type":"exit","run_id":"%s","state":"stopped"}\n' "$rid"
-      exit 0;;
-  esac
-done
-kill $hb
+# stdin has ended (Windows PowerShell 5.1 closes it after the input): heartbeat until killed
+while :; do sleep @HB@; printf '{"v":1,"type":"heartbeat","run_id":"%s"}\n' "$rid"; done
 """
 
 

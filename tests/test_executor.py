@@ -658,3 +658,24 @@ def test_watchdog_start_allowance_and_deadline() -> None:
     live.heartbeat(101.0)
     verdict = judge(live, 101.0, hung_after=15, host="h")
     assert verdict is not None and verdict.kind == "timeout"
+
+
+def test_the_same_try_queued_again_waits_for_its_previous_run(make_executor, transport) -> None:  # type: ignore[no-untyped-def]
+    """A reschedule-mode sensor's next poke can be queued before its previous run's exit line has
+    been read: it is launched only once that run's record is gone, never on top of it."""
+    ex = make_executor()
+
+    def slow_exit(start: protocol.Start) -> list[PollResult]:
+        beats = [PollResult(messages=[protocol.Heartbeat(run_id=start.run_id)]) for _ in range(30)]
+        return silent_script(start) + beats + ok_script(start)[-1:]
+
+    transport.behaviour = {"win01.t": slow_exit, "win02.t": slow_exit}
+    w = _workload()
+    _queue(ex, w)
+    _run_until(ex, lambda: bool(transport.sessions) and w.ti.key in ex.records)
+    first = ex.records[w.ti.key]
+    _queue(ex, w)  # the next poke, same key, while the first run still runs
+    events = _run_until(ex, lambda: len(transport.sessions) == 2 and not ex.records, timeout=15)
+    assert _final(events, w.ti.key) == "success"
+    assert first.phase.value == "done" and len(transport.sessions) == 2
+    assert transport.sessions[0].start.launch_key != transport.sessions[1].start.launch_key

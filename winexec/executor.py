@@ -243,6 +243,10 @@ class WindowsKerberosExecutor(BaseExecutor):
             key = workload.ti.key
             if capacity <= 0:
                 break  # stays in queued_tasks; offered again next heartbeat
+            if key in self.records:
+                # The same try again (a sensor's next poke, a resumed deferral) before its previous
+                # run here has wrapped up: that run's results must not land on this one's record.
+                continue  # stays in queued_tasks; offered again next heartbeat
             self.queued_tasks.pop(key, None)
             facts, timeout = self._facts.pop(key, (TaskFacts.from_ti(workload.ti), None))
             try:

@@ -278,14 +278,19 @@ def test_host_rebooted_mid_task_fails_it_once_with_the_reason(w: World) -> None:
     assert len(w.markers(str(x.ti.id))) == 1
 
 
-def test_network_stall_longer_than_the_heartbeat_timeout(w: World) -> None:
-    ex = w.executor()
-    (x,) = w.submit(ex, 1, {"sleep": 120})
+def _started_once(w: World, ex: Any, conf: dict[str, Any]) -> tuple[Any, Any, str, Any]:
+    """Submit one task and drive until it runs, started once: (workload, key, host name, sim host)."""
+    (x,) = w.submit(ex, 1, conf)
     key = x.ti.key
     drive(ex, lambda ev: running_on(ex, key) is not None and w.starts()[(key.run_id, key.try_number)] == 1)
     host = running_on(ex, key)
     assert host is not None
-    sim = w.sim(_idx(w, host))
+    return x, key, host, w.sim(_idx(w, host))
+
+
+def test_network_stall_longer_than_the_heartbeat_timeout(w: World) -> None:
+    ex = w.executor()
+    x, key, host, sim = _started_once(w, ex, {"sleep": 120})
     sim.faults.stall(120)  # every request to the host now hangs far beyond hung_after (15 s)
     events = drive(ex, finished([key]))
     state, reason = events[key]
@@ -304,12 +309,7 @@ def test_a_partitioned_host_runs_no_orphan_past_keepalive_timeout(w: World) -> N
     """Cut off from its executor, the host itself ends the task: no request reaches the run's
     shell, so the shell's IdleTimeOut (keepalive_timeout) deletes it with its processes."""
     ex = w.executor()
-    (x,) = w.submit(ex, 1, {"sleep": 300})
-    key = x.ti.key
-    drive(ex, lambda ev: running_on(ex, key) is not None and w.starts()[(key.run_id, key.try_number)] == 1)
-    host = running_on(ex, key)
-    assert host is not None
-    sim = w.sim(_idx(w, host))
+    _, key, _, sim = _started_once(w, ex, {"sleep": 300})
     assert sim.processes()
     cut = time.monotonic()
     sim.faults.refuse(True)  # the partition: connections refused, the host and its shells live on

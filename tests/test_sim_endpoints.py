@@ -4,7 +4,6 @@ stop, runspaces, and the Connect/Disconnect/SessionId rules of MS-WSMV and MS-PS
 
 from __future__ import annotations
 
-import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -15,28 +14,16 @@ from pypsrp.powershell import PowerShell, PSInvocationState, RunspacePool
 from pypsrp.wsman import NAMESPACES, SelectorSet
 
 from tests import sim_fixtures
+from tests.test_sim_psrp import py
+from tests.test_sim_psrp import run as finish
 from winexec.sim import SimHost
 from winexec.sim.kdc import Realm
 from winexec.sim.testing import wsman
 
-PY = sys.executable
 host, realm, sim = sim_fixtures.host, sim_fixtures.realm, sim_fixtures.sim
 SIM_CLUSTER = {"powershell7": True}  # Microsoft.PowerShell (5.1) and PowerShell.7 on each host
 
 READ_STDIN = "import sys; print(repr(sys.stdin.buffer.read()), flush=True)"
-
-
-def py(pool: RunspacePool, script: str) -> PowerShell:
-    ps = PowerShell(pool)
-    ps.add_cmdlet(PY).add_argument("-c").add_argument(script)
-    return ps
-
-
-def finish(ps: PowerShell, deadline: float = 20.0) -> None:
-    end = time.monotonic() + deadline
-    while ps.state == PSInvocationState.RUNNING:
-        assert time.monotonic() < end, "pipeline did not finish"
-        ps.poll_invoke(timeout=2)
 
 
 def running(host: SimHost, marker: str) -> bool:

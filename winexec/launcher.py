@@ -51,6 +51,8 @@ MAX_START_BYTES = 1024 * 1024
 SHELL_NOT_FOUND_CODE = 0x8033805B
 #: ERROR_WINRS_SHELL_DISCONNECTED: the shell is disconnected already (a Disconnect of it is moot).
 SHELL_DISCONNECTED_CODE = 0x803381C4
+#: A PSRP session configuration's resource URI is this plus its name (pypsrp builds it the same way).
+PSRP_URI_PREFIX = "http://schemas.microsoft.com/powershell/"
 #: The agent's pipeline and one more (stop, log page, status query) run side by side.
 RUNSPACES = 2
 
@@ -759,7 +761,7 @@ class TaskSession:
                 raise AgentFailure(
                     f"no shell of run {run_id} on {self.host.name} (it ended or was never there)"
                 )
-            pool.shell.resource_uri = self._runspace_pool(wsman).shell.resource_uri  # its endpoint's
+            pool.shell.resource_uri = f"{PSRP_URI_PREFIX}{self.host.configuration}"  # its endpoint's
             try:
                 _disconnect(wsman, pool)
             except WSManFaultError as e:

@@ -57,6 +57,13 @@ class FakeSession:
         self.closed = True
         return True
 
+    def ask_stop(self, reason: str) -> None:
+        """The agent stops its task and says so at the next poll."""
+        self.stopped = reason
+        self.script.insert(
+            0, PollResult(messages=[protocol.Exit(run_id=self.start.run_id, state="stopped", reason=reason)])
+        )
+
     def stop(self, reason: str, wait: float = 5.0) -> PollResult:
         self.stopped = reason
         self.closed = True

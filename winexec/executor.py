@@ -56,8 +56,12 @@ if TYPE_CHECKING:
     from airflow.models.taskinstancekey import TaskInstanceKey
     from sqlalchemy.orm import Session
 
-#: How long ``stop`` waits for the agent's ``exit`` line before tearing the pipeline down.
+#: How long a stop on the way out (scheduler terminating, stray cleanup) waits for the agent's
+#: ``exit`` line before deleting the shell; it holds a worker meanwhile.
 STOP_WAIT = 5.0
+#: Beyond the agent's grace (terminate, then kill the tree), how long the executor keeps polling a
+#: stopping task for its ``exit`` line before deleting its shell: the agent must still report.
+STOP_SLACK = 15.0
 #: Retry delay while no host has a free slot or after a "host full" answer.
 FULL_RETRY = 2.0
 #: Between attempts to stop an agent left by an ambiguous launch.
@@ -97,6 +101,8 @@ class TaskRecord:
     live: Liveness | None = None
     started: bool = False  # the agent said "started"
     stop_reason: str | None = None
+    #: Set once the agent was asked to stop: polls go on until its ``exit`` line or this time.
+    stop_until: float | None = None
     revoked: bool = False
     reported: bool = False  # success/fail already in the event buffer
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=ERROR_TAIL))
@@ -414,12 +420,14 @@ class WindowsKerberosExecutor(BaseExecutor):
         else:
             self._results.put(("polled", key, (result, self._clock())))
 
-    def _job_stop(self, key: TaskInstanceKey, session: TaskSession, reason: str) -> None:
+    def _job_ask_stop(self, key: TaskInstanceKey, session: TaskSession, reason: str) -> None:
         try:
-            result = session.stop(reason, wait=STOP_WAIT)
+            session.ask_stop(reason)
         except Exception as e:
-            result = PollResult(finished=True, errors=[repr(e)])
-        self._results.put(("stopped", key, result))
+            self.log.info("winexec: asking %s to stop on %s: %s", key, session.host.name, str(e))
+            self._results.put(("stop_asked", key, False))
+        else:
+            self._results.put(("stop_asked", key, True))
 
     def _job_disconnect(self, key: TaskInstanceKey, session: TaskSession) -> None:
         self._results.put(("disconnected", key, session.disconnect()))
@@ -498,7 +506,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             if rec is None:
                 if kind == "launched":
                     # forgotten meanwhile (terminate): do not leave the agent running
-                    self._submit(self._job_stop, key, payload[0], "no longer wanted")
+                    self._submit(_stop_quietly, payload[0], "no longer wanted")
                 continue
             rec.busy = False
             if kind == "launched":
@@ -509,8 +517,12 @@ class WindowsKerberosExecutor(BaseExecutor):
                 self._on_polled(rec, *payload)
             elif kind == "poll_failed":
                 self._on_poll_failed(rec, *payload)
-            elif kind == "stopped":
-                self._on_stopped(rec, payload)
+            elif kind == "stop_asked":
+                if payload:  # no worker waits out the agent's grace: the record goes on being polled
+                    rec.stop_until = self._clock() + self._s().execution_timeout_grace + STOP_SLACK
+                    self._next_job(rec)
+                else:  # the host did not take the request: delete the shell, or let it idle out
+                    self._done(rec, stop_session=True)
             elif kind == "disconnected":
                 self.log.info("winexec: %s left running on %s (run %s)", rec.key, _host(rec), rec.run_id)
                 rec.session = None
@@ -631,6 +643,8 @@ class WindowsKerberosExecutor(BaseExecutor):
         if result.finished:
             self._on_vanished(rec)
             return
+        if self._stop_overdue(rec, at):
+            return
         self._next_job(rec)
 
     def _on_poll_failed(self, rec: TaskRecord, err: LaunchError, at: float) -> None:
@@ -651,22 +665,17 @@ class WindowsKerberosExecutor(BaseExecutor):
         # the first retry comes soon (a dropped connection is repaired by reattaching, a rebooted
         # host is told by its missing shell), later ones back off -- by at most a quarter of
         # hung_after, so that an outage shorter than that does not look like one
+        if rec.stop_until is not None:  # asked to stop, then lost: delete the shell, or let it idle out
+            self._done(rec, stop_session=True)
+            return
         cap = min(10.0, self._s().hung_after / 4)
         self._next_job(rec, delay=min(0.5 * 2.0 ** min(rec.live.poll_failures - 1, 5), cap))
 
-    def _on_stopped(self, rec: TaskRecord, result: PollResult) -> None:
-        outcome = next((m for m in result.messages if isinstance(m, protocol.Exit)), None)
-        if outcome is not None:
-            self.log.info(
-                "winexec: %s stopped (%s): agent says %s %s",
-                rec.key,
-                rec.stop_reason,
-                outcome.state,
-                outcome.reason,
-            )
-        self._done(rec)
-
     def _on_exit(self, rec: TaskRecord, msg: protocol.Exit) -> None:
+        if rec.stop_reason is not None:
+            self.log.info(
+                "winexec: %s stopped (%s): agent says %s %s", rec.key, rec.stop_reason, msg.state, msg.reason
+            )
         if rec.revoked or rec.reported:
             self._done(rec, stop_session=True)
             return
@@ -701,6 +710,14 @@ class WindowsKerberosExecutor(BaseExecutor):
             self._fail(rec, reason)
         self._done(rec, stop_session=True)
 
+    def _stop_overdue(self, rec: TaskRecord, now: float) -> bool:
+        """A stopping task whose agent did not report in time: delete its shell (and tree)."""
+        if rec.stop_until is None or now < rec.stop_until:
+            return False
+        self.log.warning("winexec: %s did not report its stop on %s; deleting its shell", rec.key, _host(rec))
+        self._done(rec, stop_session=True)
+        return True
+
     def _on_vanished(self, rec: TaskRecord) -> None:
         """The pipeline ended without an ``exit`` line: Python missing, or the agent died."""
         s = self._s()
@@ -732,10 +749,10 @@ class WindowsKerberosExecutor(BaseExecutor):
             rec.busy = True
             self._submit(self._job_disconnect, rec.key, rec.session)
             return
-        if rec.stop_reason is not None:
+        if rec.stop_reason is not None and rec.stop_until is None:
             rec.phase = Phase.STOPPING
             rec.busy = True
-            self._submit(self._job_stop, rec.key, rec.session, rec.stop_reason)
+            self._submit(self._job_ask_stop, rec.key, rec.session, rec.stop_reason)
             return
         if delay > 0:
             # e.g. a failing host: poll again later, without holding a worker while waiting
@@ -866,7 +883,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             return
         for rec in list(self.records.values()):
             if rec.session is not None:
-                self._submit(self._job_stop, rec.key, rec.session, "scheduler terminating")
+                self._submit(_stop_quietly, rec.session, "scheduler terminating")
                 rec.session = None
             self._forget(rec)
         self._io.shutdown(wait=True, cancel_futures=False)
@@ -965,7 +982,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             return
         session, at = payload
         if pending is None or key is None or self._closing:
-            self._submit(self._job_stop, key, session, "not adopted")  # too late: the scheduler resets it
+            self._submit(_stop_quietly, session, "not adopted")  # too late: the scheduler resets it
             return
         ti, host, ident, run_id = pending
         claimed = self._hosts().claim(host.name)
@@ -1037,6 +1054,11 @@ def _level(name: str) -> int:
 
     level = getattr(logging, name.upper(), None)
     return level if isinstance(level, int) else logging.INFO
+
+
+def _stop_quietly(session: TaskSession, reason: str) -> None:
+    """Stop an agent no record follows any more (it never raises), waiting ``STOP_WAIT`` at most."""
+    session.stop(reason, wait=STOP_WAIT)
 
 
 def _close_quietly(session: TaskSession, log_path: str | None = None) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from winexec import cli
 from winexec.sim import SimCluster
+from winexec.sim.accounts import share
 from winexec.sim.kdc import Realm
 from winexec.sim.testing import running_cluster
 from winexec.testing.world import host_entry, host_python, hosts_option
@@ -42,6 +43,7 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("cli")
+    share(tmp, writable=True)  # the hosts' Airflow home, logs and spool: folders all principals use
     spool = tmp / "host-spool"
     spool.mkdir()
     with running_cluster(tmp / "realm", 2, ("airflow", "alice")) as (realm, cluster):

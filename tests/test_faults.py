@@ -33,6 +33,7 @@ import pytest
 from winexec.config import HostSpec, Settings
 from winexec.executor import WindowsKerberosExecutor
 from winexec.sim import SimCluster
+from winexec.sim.accounts import share
 from winexec.sim.cluster import SimHost
 from winexec.sim.kdc import Realm
 from winexec.sim.testing import running_cluster
@@ -146,6 +147,7 @@ def queue_workloads(stack: AirflowStack, runs: list[str]) -> list[dict[str, Any]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("faults")
+    share(tmp, writable=True)  # the hosts' DAGs, logs, spool and ledger: folders all principals use
     dags = tmp / "dags"
     dags.mkdir()
     shutil.copy(DAGS / "winexec_faults_dag.py", dags)

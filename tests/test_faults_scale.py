@@ -30,6 +30,7 @@ import pytest
 
 from winexec.config import HostSpec, Settings
 from winexec.sim import SimCluster
+from winexec.sim.accounts import share
 from winexec.sim.kdc import Realm
 from winexec.sim.testing import running_cluster
 from winexec.testing.lite_agent import make_workload
@@ -74,6 +75,7 @@ class Scale:
 @pytest.fixture(scope="module")
 def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
     tmp = tmp_path_factory.mktemp("scale")
+    share(tmp, writable=True)  # the hosts' spool and ledger: folders all principals use
     with running_cluster(tmp / "realm", HOSTS, ("airflow",), windows_like=True) as (realm, cluster):
         ledger, spool = tmp / "ledger.jsonl", tmp / "spool"
         env = {"WINEXEC_FAULTS_LEDGER": str(ledger)}

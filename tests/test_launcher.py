@@ -28,6 +28,7 @@ from winexec.launcher import (
     reattach_session,
 )
 from winexec.sim import SimCluster
+from winexec.sim.accounts import share
 from winexec.sim.kdc import Realm, free_port
 from winexec.sim.testing import running_cluster
 from winexec.testing.airflow_stack import AirflowStack
@@ -66,6 +67,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("launcher")
+    share(tmp, writable=True)  # the hosts' DAGs, logs and spool: folders all principals use
     dags = tmp / "dags"
     dags.mkdir()
     shutil.copy(DAGS / "winexec_e2e_dag.py", dags)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import shutil
 import ssl
+import sys
 import tempfile
 import threading
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from winexec.sim import accounts
 from winexec.sim.auth import Acceptor
 from winexec.sim.certs import CertificateAuthority
 from winexec.sim.faults import Faults
@@ -67,6 +69,8 @@ class SimHost:
         self.name = realm.host_fqdn(short_name)
         self.address = "127.0.0.1"
         self.windows_like = windows_like
+        #: each principal's processes run as an OS account of its own (only as root: accounts.py)
+        self.accounts = accounts.enabled()
         self.quotas = quotas or Quotas()
         self.workdir = workdir
         self.ca = ca
@@ -283,6 +287,9 @@ class SimCluster:
     def start(self) -> SimCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ca = CertificateAuthority(self.workdir / "pki")
+        # the Python "installed on the hosts" is this interpreter with this project
+        for installed in (Path(sys.executable), Path(__file__)):
+            accounts.traverse(installed)
         try:
             for _ in range(self.initial_hosts):
                 self.add_host()

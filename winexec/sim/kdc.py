@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from winexec.sim import accounts
+
 _SBIN = ("/usr/sbin", "/usr/local/sbin", "/usr/bin")
 
 
@@ -92,9 +94,12 @@ class Realm:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> Realm:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "keytabs").mkdir(exist_ok=True)
+        # The KDC's database and every keytab stay the scheduler side's: no principal's process on
+        # a host may read them, even when the realm lives inside a folder shared with the hosts.
+        accounts.private_dir(self.workdir, None)
+        accounts.private_dir(self.workdir / "keytabs", None)
         self._write_configs()
+        accounts.share(self.krb5_conf)  # what a domain-joined host has: the realm's configuration
         self._run(_tool("kdb5_util"), "create", "-s", "-r", self.name, "-P", "winexec-master-key")
         life, renew = f"{self.ticket_lifetime} seconds", f"{self.renew_lifetime} seconds"
         self.kadmin(f'modprinc -maxlife "{life}" -maxrenewlife "{renew}" krbtgt/{self.name}@{self.name}')

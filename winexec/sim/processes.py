@@ -18,6 +18,8 @@ from typing import IO
 
 import psutil
 
+from winexec.sim.accounts import Account
+
 LineCallback = Callable[[str, str], None]  # (stream "stdout"/"stderr", text)
 ChunkCallback = Callable[[str, bytes], None]
 ExitCallback = Callable[[int], None]
@@ -31,7 +33,7 @@ class NativeProcess:
     strings (``\r``, ``\n`` and ``\r\n`` all end a line); ``mode="bytes"`` (WinRS cmd) passes raw
     chunks. stdin is always a pipe: Windows PowerShell redirects it on a remoting server whatever
     the input, and an empty input is an immediate EOF. ``on_exit`` runs after both output streams
-    reached EOF, so it is always last.
+    reached EOF, so it is always last. ``account``: the OS account it runs as.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class NativeProcess:
         on_exit: ExitCallback,
         mode: str = "lines",
         encoding: str = "utf-8",
+        account: Account | None = None,
     ) -> None:
         self.argv = argv
         self.env = env
@@ -58,6 +61,10 @@ class NativeProcess:
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
+            # the logon's own account (accounts.py); None: the stand-in's own user
+            user=account.uid if account else None,
+            group=account.gid if account else None,
+            extra_groups=list(account.groups) if account else None,
         )
         self.pid = self.proc.pid
         self.encoding = encoding

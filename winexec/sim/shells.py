@@ -35,7 +35,7 @@ from psrpcore.types import (
     RunspacePoolState,
 )
 
-from winexec.sim import wsman
+from winexec.sim import accounts, wsman
 from winexec.sim.auth import Identity, copy_ccache
 from winexec.sim.processes import NativeProcess
 from winexec.sim.wsman import NS, WSManFault, q
@@ -120,16 +120,23 @@ class Shell:
         self.closed = False
         self.cond = threading.Condition(threading.RLock())
         self.processes: dict[str, NativeProcess] = {}
+        #: the OS account the owner's processes run as (None: as the stand-in itself, not root)
+        self.account = accounts.account_for(owner.user) if host.accounts else None
+        users = host.workdir / "Users"
+        self.profile = accounts.profile_dir(users, owner.user.replace("/", "_"), self.account)
+        # The logon session's own folder, holding its ticket cache (LSA keeps a logon's tickets).
         # Unique per shell instance: a client may reuse a ShellId (pypsrp lets it choose one) while
         # the previous shell of that id is still being torn down.
         self.workdir = host.workdir / "shells" / f"{shell_id}-{uuid.uuid4().hex[:8]}"
-        self.workdir.mkdir(parents=True)
-        self.workdir.chmod(0o700)
+        accounts.private_dir(self.workdir, self.account)
+        accounts.traverse(self.workdir)
         self.ccache = self.workdir / "krb5cc"
         self.delegated = False
         if owner.delegated is not None:
             try:
                 copy_ccache(owner.delegated, self.ccache)
+                if self.account is not None:
+                    os.chown(self.ccache, self.account.uid, self.account.gid)
                 self.delegated = True
             except OSError as e:  # as on Windows: the logon simply has no forwarded TGT
                 log.warning("host %s: cannot copy delegated credentials: %s", host.name, e)
@@ -148,10 +155,10 @@ class Shell:
                 "USERDNSDOMAIN": realm,
                 "USERPRINCIPALNAME": self.owner.principal,
                 "COMPUTERNAME": self.host.short_name.upper(),
-                "USERPROFILE": str(self.workdir),
-                "HOME": str(self.workdir),
-                "TEMP": str(self.workdir),
-                "TMP": str(self.workdir),
+                "USERPROFILE": str(self.profile),
+                "HOME": str(self.profile),
+                "TEMP": str(self.temp),
+                "TMP": str(self.temp),
                 "KRB5_CONFIG": str(self.host.realm.krb5_conf),
                 # Always private to this shell: the delegated TGT if there was one, else nothing.
                 "KRB5CCNAME": f"FILE:{self.ccache}",
@@ -167,6 +174,15 @@ class Shell:
             env["PYTHONPATH"] = os.pathsep.join([str(SITE_DIR), *([extra] if extra else [])])
         env.update(self.environment)
         return env
+
+    @property
+    def temp(self) -> Path:
+        return self.profile / "AppData" / "Local" / "Temp"
+
+    @property
+    def cwd(self) -> str:
+        """Where a remote session starts: the user's Documents folder."""
+        return str(self.profile / "Documents")
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -331,13 +347,15 @@ class PipelineRun:
             self.process = NativeProcess(
                 self.argv,
                 self.shell.process_env(),
-                str(self.shell.workdir),
+                self.shell.cwd,
                 on_output=self._on_output,
                 on_exit=self._on_exit,
                 mode="lines",
                 encoding=self.endpoint.output_encoding,
+                account=self.shell.account,
             )
         except OSError as e:
+            log.info("host %s: cannot start %s: %s", self.shell.host.name, exe, e)
             return self._fail(_native_failed(exe, e.strerror or str(e)))
         self.shell.processes[self.command_id] = self.process
         self.shell.host.record_start(self.shell, self.command_id, self.argv)
@@ -787,7 +805,13 @@ class CmdShell(Shell):
             self.cmds[command_id] = cmd
             argv = ["/bin/sh", "-c", line]
             cmd.process = NativeProcess(
-                argv, self.process_env(), str(self.workdir), cmd.on_output, cmd.on_exit, mode="bytes"
+                argv,
+                self.process_env(),
+                str(self.profile),  # winrs starts in %USERPROFILE% (winrs /?, -directory)
+                cmd.on_output,
+                cmd.on_exit,
+                mode="bytes",
+                account=self.account,
             )
             self.processes[command_id] = cmd.process
             self.host.record_start(self, command_id, argv)

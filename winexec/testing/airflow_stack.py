@@ -38,6 +38,8 @@ from typing import Any
 
 import httpx
 
+from winexec.sim.accounts import share
+
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 
@@ -73,6 +75,10 @@ class AirflowStack:
         self.dags_folder = Path(dags_folder) if dags_folder else self.home / "dags"
         self.dags_folder.mkdir(parents=True, exist_ok=True)
         self.log_folder = self.home / "logs"
+        # the hosts write task logs where the api-server reads them: a share every principal's
+        # account may write (winexec.sim.accounts), as a log share is in production
+        self.log_folder.mkdir(parents=True, exist_ok=True)
+        share(self.log_folder, writable=True)
         self.executor = executor
         self.want_scheduler = scheduler
         self.want_dag_processor = dag_processor

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from winexec.sim.accounts import share
 from winexec.sim.cluster import SimCluster
 from winexec.sim.kdc import Realm
 from winexec.sim.testing import running_cluster
@@ -95,6 +96,10 @@ def windows_world(
     then have PowerShell 7 installed); the default is Microsoft.PowerShell, Windows PowerShell 5.1.
     """
     workdir.mkdir(parents=True, exist_ok=True)
+    # The hosts' Airflow home, the log share and the spool are folders every principal's account
+    # uses (with accounts of their own: see winexec.sim.accounts); the DAGs are read by all.
+    share(workdir, writable=True)
+    share(dags_folder)
     home = workdir / "airflow-home"
     home.mkdir(exist_ok=True)
     host_home = workdir / "host-home"

@@ -549,6 +549,7 @@ def test_hostile_params_round_trip_through_a_real_task(w: World) -> None:
 
 def _echo_python(tmp: Path) -> Path:
     """A stand-in for the host's python that answers the ``start`` line with what it received."""
+    share(tmp)  # installed where every principal may run it
     program = tmp / "echo_agent.py"
     program.write_text(
         "import json, sys\n"

@@ -22,6 +22,7 @@ from winexec.launcher import (
     LaunchAmbiguous,
     LaunchError,
     PollResult,
+    ShellGone,
     TaskSession,
     open_session,
     python_missing_reason,
@@ -328,6 +329,25 @@ def test_a_host_silent_after_the_launch_command_is_not_launched_again(world: Wor
     assert not err.transient and err.host_fault and err.kind == "ambiguous"
     assert f"{sim.name} stopped answering after the agent's command was sent" in err.reason
     assert "not started again anywhere" in err.reason
+
+
+def test_a_host_rebooted_after_the_agents_input_arrived_is_not_launched_again(world: World) -> None:
+    """The input's Send reached the host, then the host restarted before answering: the agent may
+    have started and died with its shell, so the try ends there (no retry anywhere), with that
+    reason; a retry elsewhere could run it twice."""
+    _, wl = world.workload("hello")
+    start = world.start(wl)
+    sim = world.cluster.hosts[0]
+    sim.faults.lose_next_answer("Send", then_reboot=True)
+    with pytest.raises(ShellGone) as info:
+        open_session(
+            world.settings, world.host(0), world.realm.principal("airflow"), False, world.tickets, start
+        )
+    assert sim.faults.take_lost_answer("Send") is None  # the fault did strike
+    err = info.value
+    assert not err.transient and err.kind == "shell_gone"
+    assert f"vanished from {sim.name} during the launch" in err.reason
+    assert "not started again" in err.reason
 
 
 def test_python_missing_on_the_host_says_how_to_fix_it(world: World) -> None:

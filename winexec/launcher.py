@@ -418,8 +418,10 @@ class TaskSession:
         the agent): surely so when the Command's answer was lost or the input's Send never
         connected; when the Send broke off, the agent's record on the host says (``--status``,
         beside it, for up to ``INPUT_PROBE`` s). Missing input is sent now and the agent starts;
-        the session goes on. No shell or no pipeline there: nothing started, ``err`` stands and
-        the launch may be retried anywhere. The host silent: :class:`LaunchAmbiguous`.
+        the session goes on. No pipeline there, or no shell while the input surely never
+        arrived: nothing started, ``err`` stands and the launch may be retried anywhere. No shell
+        after the input may have arrived (the host rebooted mid-launch): :class:`ShellGone`, the
+        try ends. The host silent: :class:`LaunchAmbiguous`.
         """
         if err.kind not in ("unreachable", "auth", "agent"):  # a real answer: nothing started
             self._abandon()
@@ -437,6 +439,15 @@ class TaskSession:
                     self._send_input(start)
                     input_sent = True
             except AgentFailure as e:
+                if "no shell of run" in e.reason and input_sent:
+                    # the shell existed (it answered the pool's open) and is gone now: the host
+                    # rebooted or deleted it, maybe after the agent got its input and started
+                    raise ShellGone(
+                        f"the WinRM shell of this run vanished from {self.host.name} during the "
+                        f"launch ({err.reason}), after the agent's input may have reached it: the "
+                        "task may have started there and died with the shell, so this try is not "
+                        "started again"
+                    ) from None
                 if "no shell of run" in e.reason or "runs no agent" in e.reason:
                     raise err from None  # nothing runs there; reattach closed what it found
                 last = e

@@ -23,7 +23,7 @@ class Faults:
         self._stall = 0.0
         self._stall_wake = threading.Event()
         self._drop_receives = 0
-        self._lost_answers: dict[str, bool] = {}
+        self._lost_answers: dict[str, str] = {}
         self.skew = 0.0
         self.refusing = False
 
@@ -74,15 +74,19 @@ class Faults:
                 return True
             return False
 
-    def lose_next_answer(self, action: str = "Command", *, then_silent: bool = False) -> None:
+    def lose_next_answer(
+        self, action: str = "Command", *, then_silent: bool = False, then_reboot: bool = False
+    ) -> None:
         """The next ``action`` request (e.g. ``Command``) is carried out, but its answer is lost to
         a connection reset: the request reached the host and the client cannot tell. With
-        ``then_silent`` the host refuses connections from then on, until ``refuse(False)``."""
+        ``then_silent`` the host refuses connections from then on, until ``refuse(False)``; with
+        ``then_reboot`` it restarts before answering: its shells and their processes are gone,
+        and it answers again at once."""
         with self._lock:
-            self._lost_answers[action] = then_silent
+            self._lost_answers[action] = "silent" if then_silent else "reboot" if then_reboot else ""
 
-    def take_lost_answer(self, action_uri: str) -> bool | None:
-        """Whether to lose this answer (None: answer it), and then go silent (True)."""
+    def take_lost_answer(self, action_uri: str) -> str | None:
+        """Whether to lose this answer (None: answer it), and what follows ("silent", "reboot")."""
         with self._lock:
             return self._lost_answers.pop(action_uri.rsplit("/", 1)[-1], None)
 

@@ -338,10 +338,12 @@ class WinRMService:
             if f.code != wsman.ERROR_WSMAN_OPERATION_TIMEDOUT:
                 log.info("host %s: %s -> %s", machine, req.action.rsplit("/", 1)[-1], f)
             return f.http_status, f.to_xml(req.message_id, machine), False
-        silent = self.host.faults.take_lost_answer(req.action)
-        if silent is not None:  # done, but the answer never reaches the client
-            if silent:
+        after = self.host.faults.take_lost_answer(req.action)
+        if after is not None:  # done, but the answer never reaches the client
+            if after == "silent":
                 self.host.faults.refuse(True)
+            elif after == "reboot":
+                self.host.faults.kill_shells()
             return 0, b"", True
         return 200, wsman.envelope(action, req.message_id, body), False
 

@@ -12,12 +12,14 @@ import os
 import re
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.test_launcher import DAG_ID, DAGS
+from winexec import protocol
 from winexec.testing.airflow_stack import AirflowStack
 from winexec.testing.world import World, windows_world
 
@@ -36,6 +38,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     dags.mkdir()
     shutil.copy(DAGS / "winexec_e2e_dag.py", dags)
     shutil.copy(DAGS / "winexec_adopt_dag.py", dags)
+    shutil.copy(DAGS / "winexec_scheduled_dag.py", dags)
     with windows_world(
         tmp,
         dags,
@@ -140,6 +143,25 @@ def test_a_whole_dag_runs_on_the_windows_hosts(world: World, stack: AirflowStack
     log = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/unknown_principal/logs/1")
     text = str(log)
     assert "winexec: could not start the task" in text and "nobody.keytab" in text, text[-2000:]
+
+
+def test_a_scheduled_runs_task_succeeds_and_its_log_keeps_airflows_path(stack: AirflowStack) -> None:
+    """The scheduler's own run of a ``@daily`` DAG: its run id holds ``:``, which NTFS refuses (the
+    hosts are windows-like). The host writes the log under an NTFS-safe name; Airflow reads it
+    under its own path, through the API and in the log folder."""
+    dag_id, deadline = "winexec_scheduled", time.monotonic() + 120
+    while not (runs := stack.api("GET", f"/dags/{dag_id}/dagRuns")["dag_runs"]):
+        assert time.monotonic() < deadline, "the scheduler made no run of the @daily DAG"
+        time.sleep(1)
+    run_id = runs[0]["dag_run_id"]
+    assert runs[0]["run_type"] == "scheduled" and ":" in run_id, runs[0]
+    assert stack.wait_for_run(dag_id, run_id, timeout=240) == "success"
+    assert stack.xcom(dag_id, run_id, "on_schedule") == run_id
+    log = _log_text(stack, dag_id, run_id, "on_schedule", 1, -1)
+    assert f"scheduled task of {run_id}" in log and "winexec: running on WIN0" in log, log[-3000:]
+    relative = f"dag_id={dag_id}/run_id={run_id}/task_id=on_schedule/attempt=1.log"
+    assert f"scheduled task of {run_id}" in (stack.log_folder / relative).read_text()
+    assert (stack.log_folder / protocol.host_path(relative)).is_file()  # what the host wrote
 
 
 def test_running_tasks_survive_a_scheduler_restart(world: World, stack: AirflowStack) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -397,9 +398,11 @@ def short_tickets(realm: Realm, principal: str, life: int, renew: int) -> Iterat
         )
 
 
-def test_tickets_expiring_during_a_long_task(w: World) -> None:
+def test_tickets_expiring_during_a_long_task(w: World, caplog: pytest.LogCaptureFixture) -> None:
     """12 s tickets renewable for 25 s, a 32 s task: its TGT is renewed, then replaced from the
-    keytab, and the service ticket its session logged on with expires long before it ends."""
+    keytab, and the service ticket its session logged on with expires long before it ends: the
+    session logs on again (a Disconnect, then a Connect: no Connect to a connected shell)."""
+    caplog.set_level(logging.INFO, logger="winexec.launcher")
     principal = w.realm.principal("airflow")
     with short_tickets(w.realm, principal, 12, 25):
         ex = w.executor()
@@ -412,6 +415,8 @@ def test_tickets_expiring_during_a_long_task(w: World) -> None:
     assert events[key][0] == "success", events[key]
     assert w.starts()[(key.run_id, key.try_number)] == 1
     assert counters["renewals"] >= 1 and counters["acquisitions"] >= 2, counters  # renewed, then fresh
+    assert "logged on again with a renewed ticket" in caplog.text
+    assert "logging on again failed" not in caplog.text
 
 
 def test_kdc_down_during_renewal_of_a_running_tasks_tickets(w: World) -> None:

@@ -135,7 +135,9 @@ def test_task_runs_on_the_host_as_its_principal(world: World) -> None:
     assert started.run_id == start.run_id and started.delegated is True
     assert "airflow" in started.user
     assert exit_.state == "success", exit_
-    assert world.stack.xcom(DAG_ID, run_id, "hello")["user"] == "airflow"
+    hello = world.stack.xcom(DAG_ID, run_id, "hello")
+    assert hello["user"] == "airflow"
+    assert hello["unbuffered"] == "1"  # the agent's doing: a live log shows the task's lines live
     assert world.stack.task_instance(DAG_ID, run_id, "hello")["state"] == "success"
 
 

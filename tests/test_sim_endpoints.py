@@ -23,6 +23,8 @@ from winexec.sim.testing import wsman
 host, realm, sim = sim_fixtures.host, sim_fixtures.realm, sim_fixtures.sim
 SIM_CLUSTER = {"powershell7": True}  # Microsoft.PowerShell (5.1) and PowerShell.7 on each host
 
+#: the default endpoint's resource URI (Windows PowerShell 5.1)
+WINDOWS_POWERSHELL = "http://schemas.microsoft.com/powershell/Microsoft.PowerShell"
 READ_STDIN = "import sys; print(repr(sys.stdin.buffer.read()), flush=True)"
 
 
@@ -167,10 +169,15 @@ def _long_run(realm: Realm, host: SimHost) -> tuple[RunspacePool, PowerShell]:
 
 def disconnect_shell(client: object, shell_id: str) -> None:
     """rsp:Disconnect of a 5.1 shell (pypsrp's own skips pools it never connected itself)."""
+    _shell_request(client, "disconnect", shell_id)
+
+
+def _shell_request(client: object, op: str, shell_id: str) -> None:
+    """A bare ``rsp:<Op>`` on the shell: what the server must refuse before reading the body."""
     sel = SelectorSet()
     sel.add_option("ShellId", shell_id)
-    body = ET.Element(f"{{{NAMESPACES['rsp']}}}Disconnect")
-    client.disconnect("http://schemas.microsoft.com/powershell/Microsoft.PowerShell", body, selector_set=sel)  # type: ignore[attr-defined]
+    body = ET.Element(f"{{{NAMESPACES['rsp']}}}{op.capitalize()}")
+    getattr(client, op)(WINDOWS_POWERSHELL, body, selector_set=sel)
 
 
 def _find(client: object, shell_id: str) -> RunspacePool:
@@ -190,6 +197,14 @@ def test_connect_to_a_connected_shell_faults_and_other_sessions_are_refused(
         with pytest.raises(WSManFaultError) as e:
             disconnect_shell(other, shell_id)
         assert e.value.code == 2150859213
+        for op in ("receive", "send", "signal"):  # every other request of that session too
+            with pytest.raises(WSManFaultError) as e:
+                _shell_request(other, op, shell_id)
+            assert e.value.code == 2150859213, op
+        with pytest.raises(WSManFaultError) as e:  # MS-WSMV 3.1.4.16: another ClientId
+            _shell_request(other, "reconnect", shell_id)
+        assert e.value.code == 2150859206
+        _shell_request(pool.connection, "reconnect", shell_id)  # its own session: ignored
         ps.poll_invoke(timeout=2)  # the owner carries on
         assert ps.state == PSInvocationState.RUNNING
     finally:

@@ -84,6 +84,40 @@ def test_stop_kills_the_whole_tree(realm: Realm, host: SimHost) -> None:
         assert not [p for p in host.processes() if p["pid"] in (child, root["pid"])]
 
 
+def test_a_stop_misses_what_a_parent_left_and_the_shells_end_takes_it(realm: Realm, host: SimHost) -> None:
+    """Facts §4.1: the stop kills the tree as parent PIDs link it then; an orphan lives on until
+    its shell is deleted (§4.3-4.5), which is why the agent contains its task itself."""
+    sleeper = f"[{PY!r}, '-c', 'import time; time.sleep(60)']"
+    quiet = "stdin=s.DEVNULL, stdout=s.DEVNULL, stderr=s.DEVNULL"
+    orphan = f"import subprocess as s; print(s.Popen({sleeper}, {quiet}).pid)"  # and exits
+    script = (
+        "import subprocess, sys, time\n"
+        f"r = subprocess.run([{PY!r}, '-c', {orphan!r}], capture_output=True, text=True)\n"
+        f"c = subprocess.Popen([{PY!r}, '-c', 'import time; time.sleep(60)'])\n"
+        "print(r.stdout.strip(), c.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with RunspacePool(wsman(host, realm)) as pool:
+        ps = py(pool, script)
+        ps.begin_invoke()
+        end = time.monotonic() + 15
+        while not ps.output:
+            assert time.monotonic() < end
+            ps.poll_invoke(timeout=2)
+        left, child = (int(pid) for pid in str(ps.output[0]).split())
+        ps.stop()
+        end = time.monotonic() + 5
+        while not _gone(child):
+            assert time.monotonic() < end, "the stop left the agent's own child"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert not _gone(left), "the stop found a process whose parent had exited"
+    end = time.monotonic() + 5
+    while not _gone(left):  # the pool's close deleted the shell
+        assert time.monotonic() < end, "the orphan outlived its shell"
+        time.sleep(0.05)
+
+
 def _gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

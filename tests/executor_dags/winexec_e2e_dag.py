@@ -33,6 +33,7 @@ def winexec_e2e() -> None:
             "user": os.environ.get("USERNAME", "?"),
             "host": os.environ.get("COMPUTERNAME", "?"),
             "fork": hasattr(os, "fork"),
+            "unbuffered": os.environ.get("PYTHONUNBUFFERED"),  # the stand-in sets none (facts §2.3)
         }
 
     @task

@@ -181,6 +181,18 @@ class NativeProcess:
             with contextlib.suppress(psutil.Error, OSError):
                 p.send_signal(sig)
 
+    def kill_live_tree(self) -> None:
+        """Kill the process and its descendants as their parent PIDs link them now, children
+        first: what a pipeline stop does on Windows (facts §4.1). A descendant whose parent
+        already exited is not found and lives on, until its shell goes (``kill_tree``)."""
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(self.pid)
+            for p in [*reversed(root.children(recursive=True)), root]:
+                with contextlib.suppress(psutil.Error, OSError):
+                    p.send_signal(signal.SIGCONT)  # a stopped process must still die
+                    p.kill()
+        self.close_stdin()
+
     def kill_tree(self) -> None:
         """Kill every process of the tree (what closing a Job Object does)."""
         self.killed = True

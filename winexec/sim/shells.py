@@ -465,7 +465,7 @@ class PipelineRun:
     def stop(self) -> None:
         """StopCommand (the spec's ``crtl_c``): the process tree killed, state Stopped (§4.1)."""
         if self.process is not None and self.process.running:
-            self.process.kill_tree()
+            self.process.kill_live_tree()
         if self.pipeline.state in (PSInvocationState.Running, PSInvocationState.Stopping):
             self.pipeline.stop()
         if not self.done:
@@ -475,7 +475,7 @@ class PipelineRun:
         """The command closed (any other signal, §4.2): the tree killed, no final state sent."""
         self.closed = True
         if self.process is not None and self.process.running:
-            self.process.kill_tree()
+            self.process.kill_live_tree()
         with contextlib.suppress(Exception):
             self.pipeline.close()
         if not self.done:
@@ -686,11 +686,11 @@ class PSRPShell(Shell):
                     run.stop()
                 else:
                     # The PowerShell plugin compares against the spec's spelling only; any other
-                    # code (pypsrp's ``ctrl_c``, terminate) closes the command (§4.2).
+                    # code (pypsrp's ``ctrl_c``, terminate) closes the command (§4.2). Its
+                    # process stays the shell's: what the stop missed dies with the shell (§4.5).
                     run.close()
                     self.runs.pop(cid, None)
                     self.queues.pop(cid, None)
-                    self.processes.pop(cid, None)
                 self.drain()
         resp = ET.Element(q("rsp", "SignalResponse"))
         return [resp]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -29,5 +30,7 @@ def short_realm(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    # Never let a test touch the developer's own ticket cache.
+    # Never let a test touch the developer's own ticket cache, or Airflow home: the executor runs
+    # inside the test process in unit and fault tests, and writes Airflow's audit log there.
     os.environ.setdefault("KRB5CCNAME", "MEMORY:winexec-tests")
+    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="winexec-tests-airflow-"))

@@ -63,6 +63,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             "AIRFLOW__WINEXEC__DEFAULT_KEYTAB": str(realm.keytab_path(default)),
             "AIRFLOW__WINEXEC__KEYTAB_DIR": str(realm.workdir / "keytabs"),
             "AIRFLOW__WINEXEC__KEYTABS": f"{alice}={realm.keytab_path(alice)}",
+            # alice's tasks get her TGT forwarded (a second hop); the default principal's do not
+            "AIRFLOW__WINEXEC__GRANTS": f"{default}: dag_id=*; {alice}: dag_id=* delegate",
             "AIRFLOW__WINEXEC__CONNECT_TIMEOUT": "5",
             "AIRFLOW__WINEXEC__OPERATION_TIMEOUT": "5",
             "AIRFLOW__WINEXEC__READ_TIMEOUT": "15",
@@ -159,7 +161,12 @@ def test_check_passes_every_step(env: Env, capsys: pytest.CaptureFixture[str]) -
         "delegation",
         "resources",
     ], steps
-    assert "delegated TGT of alice@" in out and "Task SDK 1." in out and "free memory" in out
+    assert "forwarded TGT of alice@" in out and "Task SDK 1." in out and "free memory" in out
+    # the default principal: no rule forwards its TGT, and check says what that leaves
+    code, out = _run(cli.check_command, capsys, output="json", host=host)
+    delegation = next(s for s in json.loads(out) if s["step"] == "delegation")
+    assert code == 0 and delegation["ok"], out
+    assert "no TGT forwarded" in delegation["detail"] and "constrained delegation" in delegation["detail"]
 
 
 def test_check_principal_without_keytab(env: Env, capsys: pytest.CaptureFixture[str]) -> None:

@@ -158,20 +158,35 @@ def test_missing_keytabs_named(tmp_path: Path) -> None:
     assert "[winexec] keytabs:" in text
 
 
-def test_keytab_dir_and_delegation_overrides(tmp_path: Path) -> None:
+def test_keytab_dir_and_grants(tmp_path: Path) -> None:
     kdir = tmp_path / "kt"
     kdir.mkdir()
-    (kdir / "etl.keytab").write_bytes(b"x")
+    for name in ("etl", "alice"):
+        (kdir / f"{name}.keytab").write_bytes(b"x")
+        (kdir / f"{name}.keytab").chmod(0o600)
     s = _load(
         tmp_path,
         keytab_dir=str(kdir),
         pool_principals="sql=etl@WINEXEC.TEST",
-        delegate_overrides="etl@WINEXEC.TEST=false",
+        grants="etl@WINEXEC.TEST: dag_id=etl_* default\n  alice@WINEXEC.TEST: tag=sql delegate  # a comment",
     )
     assert s.keytab_for("etl@WINEXEC.TEST") == str(kdir / "etl.keytab")
-    assert s.delegate_for("etl@WINEXEC.TEST") is False and s.delegate_for("svc@WINEXEC.TEST") is True
-    (p,) = _problems(tmp_path, delegate_overrides="svc@WINEXEC.TEST=perhaps")
-    assert p.startswith("[winexec] delegate_overrides:")
+    assert [(g.principal, g.default, g.delegate) for g in s.grants] == [
+        ("etl@WINEXEC.TEST", True, False),
+        ("alice@WINEXEC.TEST", False, True),
+    ]
+    assert s.delegated_anywhere("alice@WINEXEC.TEST") and not s.delegated_anywhere("etl@WINEXEC.TEST")
+    # a granted principal is the administrator's: its keytab is checked at start-up
+    (p,) = _problems(tmp_path, keytab_dir=str(kdir), grants="bob@WINEXEC.TEST: dag_id=*")
+    assert p.startswith("[winexec] keytab_dir:") and "bob@WINEXEC.TEST" in p
+    (p,) = _problems(tmp_path, grants="bob@WINEXEC.TEST dag_id=*")
+    assert p.startswith("[winexec] grants: rule 1") and "write principal@REALM: selector" in p
+
+
+@pytest.mark.parametrize("retired", ["allowed_principals", "delegate", "delegate_overrides"])
+def test_options_replaced_by_grants_stop_the_start(tmp_path: Path, retired: str) -> None:
+    (p,) = _problems(tmp_path, **{retired: "svc@WINEXEC.TEST=false" if retired.endswith("s") else "True"})
+    assert p.startswith(f"[winexec] {retired}: no longer an option:") and "grants" in p
 
 
 def test_hosts_file_is_merged(tmp_path: Path) -> None:

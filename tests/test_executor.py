@@ -20,6 +20,7 @@ import pytest
 from winexec import executor as executor_mod
 from winexec import protocol
 from winexec.config import HostSpec, Settings
+from winexec.grants import parse_grants
 from winexec.identity import TaskFacts
 from winexec.launcher import AgentFailure, AuthDenied, HostFull, HostUnreachable, LaunchError, PollResult
 
@@ -38,6 +39,7 @@ class FakeSession:
         self.stopped: str | None = None
         self.closed = False
         self.disconnected = False
+        self.delegate = False
         self.polls = 0
 
     def poll(self, timeout: int) -> PollResult:
@@ -100,6 +102,7 @@ class Transport:
         if isinstance(how, LaunchError):
             raise how
         s = FakeSession(host, principal, start, how)
+        s.delegate = delegate
         with self.lock:
             self.sessions.append(s)
         return s
@@ -155,6 +158,10 @@ class FakeTickets:
 
     def get(self, principal: str, min_lifetime: float | None = None) -> Any:
         return object()
+
+
+#: alice may run every DAG's tasks, with her TGT forwarded; the default principal too
+ALICE_TOO = parse_grants("alice@T: dag_id=* delegate\nsvc@T: dag_id=*")[0]
 
 
 def _settings(**kw: Any) -> Settings:
@@ -469,21 +476,27 @@ def test_revoke_stops_without_an_event(make_executor, transport) -> None:  # typ
 
 
 def test_identity_error_fails_the_task_without_launching(make_executor, transport, logs) -> None:  # type: ignore[no-untyped-def]
-    ex = make_executor(allowed_principals=frozenset({"svc@T"}))
+    ex = make_executor(grants=ALICE_TOO)
     w = _workload(executor_config={"winexec": {"principal": "mallory@T"}})
     _queue(ex, w)
     events = _run_until(ex, lambda: not ex.running)
     assert _final(events, w.ti.key) == "failed" and not transport.attempts
     _wait_log(logs / w.log_path)
-    assert "allowed_principals" in (logs / w.log_path).read_text()
+    text = (logs / w.log_path).read_text()
+    assert "mallory@T (from executor_config) is not granted to DAG d" in text, text
+    ex.terminate()  # writes what the audit trail still holds
+    (refusal,) = [json.loads(line) for line in (logs / "winexec" / "audit.jsonl").read_text().splitlines()]
+    assert refusal["event"] == "refused" and refusal["outcome"] == "failed" and refusal["task_id"] == "t"
+    assert "mallory@T (from executor_config) is not granted" in refusal["reason"]
 
 
 def test_principal_from_executor_config_reaches_the_launcher(make_executor, transport) -> None:  # type: ignore[no-untyped-def]
-    ex = make_executor()
+    ex = make_executor(grants=ALICE_TOO)
     w = _workload(executor_config={"winexec": {"principal": "alice@T"}})
     _queue(ex, w)
     _run_until(ex, lambda: not ex.running)
     assert transport.sessions[0].principal == "alice@T"
+    assert transport.sessions[0].delegate is True  # the rule says delegate
 
 
 def test_vanished_agent_fails_with_python_missing_fix(make_executor, transport, logs) -> None:  # type: ignore[no-untyped-def]
@@ -501,7 +514,7 @@ def test_vanished_agent_fails_with_python_missing_fix(make_executor, transport, 
 
 
 def test_end_detaches_and_the_next_executor_adopts(make_executor, transport) -> None:  # type: ignore[no-untyped-def]
-    first = make_executor()
+    first = make_executor(grants=ALICE_TOO)
     transport.behaviour = {"win01.t": silent_script, "win02.t": silent_script}
     w = _workload(executor_config={"winexec": {"principal": "alice@T"}})
     _queue(first, w)
@@ -522,7 +535,7 @@ def test_end_detaches_and_the_next_executor_adopts(make_executor, transport) -> 
     gone = TI(_workload("other").ti.key, f"{host}|{uuid.uuid4().hex}")  # its shell is gone
     unknown = TI(_workload("third").ti.key, "win77.t|abc")  # not a configured host
     transport.alive[run_id] = [PollResult(messages=[protocol.Exit(run_id=run_id, state="success", code=0)])]
-    second = make_executor()
+    second = make_executor(grants=ALICE_TOO)
     handed_back = second.try_adopt_task_instances([orphan, gone, unknown])  # type: ignore[list-item]
     assert list(handed_back) == [gone, unknown]
     assert (host, run_id, "alice@T") in transport.reattached

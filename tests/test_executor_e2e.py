@@ -8,6 +8,7 @@ scheduler's environment.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -58,6 +59,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "connect_timeout": "5",
             "io_workers": "8",
             "launch_backoff": "0.5",
+            # the pool's principal everywhere; alice, with her TGT forwarded, only for the DAG
+            # whose double_hop needs it; nobody for nothing
+            "grants": f"airflow@WINEXEC.TEST: dag_id=*\nalice@WINEXEC.TEST: dag_id={DAG_ID} delegate",
         },
         # more than the pool's 9 slots: the executor, not Airflow, must hold tasks back
         config={"core": {"parallelism": "16"}, "scheduler": {"task_queued_timeout": "300"}},
@@ -139,10 +143,46 @@ def test_a_whole_dag_runs_on_the_windows_hosts(world: World, stack: AirflowStack
     # the pool's slots were respected throughout, as counted by the hosts themselves
     for h in world.cluster.hosts:
         assert 0 < _peak_concurrency(h.pipeline_log) <= SLOTS, (h.name, h.pipeline_log)
-    # a task the executor could not start: the reason is in the task's log, as Airflow shows it
+    # a task the rules refuse: the reason, naming principal, DAG and the rule it lacks, in its log
     log = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/unknown_principal/logs/1")
     text = str(log)
-    assert "winexec: could not start the task" in text and "nobody.keytab" in text, text[-2000:]
+    refusal = f"nobody@WINEXEC.TEST (from executor_config) is not granted to DAG {DAG_ID} (bundle dags-folder"
+    assert refusal in text and f"'nobody@WINEXEC.TEST: dag_id={DAG_ID}'" in text, text[-2000:]
+    # the audit trail has a success, a failure and the refusal, in Airflow's audit log and the file
+    audit_file, deadline = stack.log_folder / "winexec" / "audit.jsonl", time.monotonic() + 30
+    while True:  # the scheduler reports the outcome, then writes the trail within a heartbeat or two
+        trail = [json.loads(line) for line in audit_file.read_text().splitlines()]
+        mine = {(e["task_id"], e["event"]): e for e in trail if e["run_id"] == run_id}
+        if ("too_slow", "ended") in mine or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert mine[("hello", "launched")]["host"] and mine[("hello", "launched")]["shell"]
+    assert mine[("hello", "started")]["host_user"]
+    assert {k: mine[(k, "ended")]["outcome"] for k in ("hello", "too_slow")} == {
+        "hello": "success",
+        "too_slow": "failed",
+    }
+    assert mine[("too_slow", "ended")]["reason"]
+    assert refusal in mine[("unknown_principal", "refused")]["reason"]
+    hop = mine[("double_hop", "launched")]
+    assert (hop["principal"], hop["source"], hop["delegated"]) == (
+        "alice@WINEXEC.TEST",
+        "executor_config",
+        True,
+    )
+    assert hop["grant"] == f"grants rule 2 (alice@WINEXEC.TEST: dag_id={DAG_ID} delegate)"
+    assert mine[("hello", "launched")]["delegated"] is False  # no rule forwards the pool principal's TGT
+    seen = {}
+    for task_id in ("hello", "too_slow", "unknown_principal"):
+        params = {"dag_id": DAG_ID, "run_id": run_id, "task_id": task_id, "event_prefix_pattern": "winexec."}
+        for e in stack.api("GET", "/eventLogs", params=params)["event_logs"]:
+            assert e["owner"] == "winexec", e
+            seen[(task_id, e["event"])] = json.loads(e["extra"])
+    assert seen[("hello", "winexec.ended")]["outcome"] == "success"
+    assert seen[("hello", "winexec.launched")]["principal"] == "airflow@WINEXEC.TEST"
+    assert seen[("too_slow", "winexec.ended")]["outcome"] == "failed"
+    assert refusal in seen[("unknown_principal", "winexec.refused")]["reason"]
+    assert "eyJ" not in json.dumps([trail, seen])  # never a secret: no Airflow JWT in any record
 
 
 def test_a_scheduled_runs_task_succeeds_and_its_log_keeps_airflows_path(stack: AirflowStack) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from winexec import tickets
 from winexec.config import HostSpec, Settings
 from winexec.executor import WindowsKerberosExecutor
 from winexec.sim import SimCluster
@@ -417,6 +418,39 @@ def test_tickets_expiring_during_a_long_task(w: World, caplog: pytest.LogCapture
     assert counters["renewals"] >= 1 and counters["acquisitions"] >= 2, counters  # renewed, then fresh
     assert "logged on again with a renewed ticket" in caplog.text
     assert "logging on again failed" not in caplog.text
+
+
+def test_a_rotated_keytab_is_picked_up_while_tasks_run(
+    w: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The principal's key is rotated (a new random key, kvno + 1, as ``ktpass`` or a gMSA
+    rotation does) and its keytab replaced on disk while a task runs: the running task is not
+    disturbed, the store takes a fresh TGT from the new file within its keytab check, and the
+    next task launches with it; no scheduler restart."""
+    monkeypatch.setattr(tickets, "KEYTAB_CHECK", 0.5)
+    principal = w.realm.principal("airflow")
+    keytab = w.realm.keytab_path(principal)
+    ex = w.executor()
+    store = ex.tickets
+    assert isinstance(store, TicketStore)
+    (x,) = w.submit(ex, 1, {"sleep": 15})
+    drive(ex, lambda ev: running_on(ex, x.ti.key) is not None)
+    before = store.counters()
+    old = tmp_path / "old.keytab"
+    shutil.copy(keytab, old)
+    fresh = keytab.with_name(".rotating.keytab")
+    w.realm.kadmin(f"ktadd -k {fresh} {principal}")  # a new random key; the old one is void
+    fresh.chmod(0o600)
+    os.replace(fresh, keytab)
+    drive(ex, lambda ev: store.counters()["acquisitions"] > before["acquisitions"], timeout=30)
+    (y,) = w.submit(ex, 1)
+    events = drive(ex, finished([x.ti.key, y.ti.key]), timeout=180)
+    assert events[x.ti.key][0] == "success" and events[y.ti.key][0] == "success", events
+    assert store.counters()["renewal_failures"] == before["renewal_failures"]
+    # the rotation was real: the key in the old file no longer gets a TGT
+    env = {**os.environ, "KRB5CCNAME": "MEMORY:rotated", **w.realm.env()}
+    r = subprocess.run(["kinit", "-k", "-t", str(old), principal], env=env, capture_output=True, text=True)
+    assert r.returncode != 0, r.stdout
 
 
 def test_kdc_down_during_renewal_of_a_running_tasks_tickets(w: World) -> None:

@@ -179,7 +179,7 @@ def _spn_step(settings: Settings, host: HostSpec, principal: str, ccache: str) -
         creds = gssapi.Credentials(usage="initiate", store={"ccache": ccache})
         target = gssapi.Name(f"HTTP@{host.name}", gssapi.NameType.hostbased_service)
         flags = int(gssapi.RequirementFlag.mutual_authentication)
-        if settings.delegate_for(principal):
+        if settings.delegated_anywhere(principal):
             flags |= int(gssapi.RequirementFlag.delegate_to_peer)
         gssapi.SecurityContext(name=target, creds=creds, usage="initiate", flags=flags).step()
     except gssapi.exceptions.GSSError as e:
@@ -234,7 +234,7 @@ def check_steps(settings: Settings, host_name: str | None, principal: str | None
                 principal=principal,
             )
         )
-        delegate = settings.delegate_for(principal)
+        delegate = settings.delegated_anywhere(principal)
         for host in hosts:
             spn = _spn_step(settings, host, principal, cred.ccache)
             steps.append(spn)
@@ -294,16 +294,25 @@ def _self_check_steps(info: dict[str, Any], host: HostSpec, principal: str, dele
         )
     ]
     delegated = bool(info.get("delegated"))
+    if not delegate:
+        detail = (
+            f"no TGT forwarded (no [winexec] grants rule says delegate for {principal}): a second hop "
+            "works only where the target service allows it by resource-based constrained delegation"
+        )
+    elif delegated:
+        detail = f"forwarded TGT of {info.get('principal')} arrived (a grants rule says delegate)"
+    else:
+        detail = "a grants rule says delegate, but no forwarded TGT arrived"
     steps.append(
         Step(
             "delegation",
             delegated or not delegate,
-            (f"delegated TGT of {info.get('principal')} arrived" if delegated else "no delegated TGT")
-            + ("" if delegate else " (delegation is off for this principal)"),
+            detail,
             fix=""
             if delegated or not delegate
-            else "allow delegation in AD: trust the host's computer account for delegation (or set up "
-            "resource-based constrained delegation), and make sure the TGT is forwardable",
+            else "clear 'Account is sensitive and cannot be delegated' on the principal in AD (the KDC "
+            "then issues it no forwardable TGT); the scheduler forwards the TGT itself, the host's "
+            "computer account need not be trusted for delegation",
             host=host.name,
             principal=principal,
         )

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
+from winexec.grants import Grant, parse_grants
+
 SECTION = "winexec"
 VERSION_ADDED = "0.1.0"
 
@@ -217,26 +219,25 @@ OPTIONS: tuple[Option, ...] = (
         "True",
     ),
     Option(
-        "allowed_principals",
+        "grants",
         "string",
         "",
-        "If set, the only principals tasks may run as (comma separated); a task mapped to another "
-        "one fails without being launched. Empty: any principal that has a keytab.",
-        "svc-airflow@CORP.EXAMPLE, svc-etl@CORP.EXAMPLE",
+        "Which principals may run which DAGs' tasks, one rule per line: ``principal: selector ... "
+        "[default] [delegate]``, a selector being ``dag_id=<glob>``, ``bundle=``, ``tag=`` or "
+        "``team=``. With rules, a task runs only as a principal a rule grants to its DAG, however "
+        "it was chosen; ``default`` makes the rule's principal the DAG's default, ``delegate`` "
+        "forwards its TGT to the host. Without rules, only ``default_principal`` and the pool and "
+        "queue mappings may be used, and nothing is forwarded. See docs/security.md.",
+        "svc-sql@CORP.EXAMPLE: tag=sqlserver delegate",
     ),
     Option(
-        "delegate",
-        "boolean",
-        "True",
-        "Delegate (forward) the principal's TGT to the host so the task can reach the next hop.",
-        "True",
-    ),
-    Option(
-        "delegate_overrides",
+        "audit_file",
         "string",
         "",
-        f"Delegation per principal: ``principal=true|false``. {_PAIRS}",
-        "svc-readonly@CORP.EXAMPLE=false",
+        "JSON-lines file the audit trail is appended to (every identity decision and task outcome; "
+        "also in Airflow's audit log). Empty: ``winexec/audit.jsonl`` under ``[logging] "
+        "base_log_folder``.",
+        "/var/log/airflow/winexec-audit.jsonl",
     ),
     # -- liveness ---------------------------------------------------------------------------
     Option(
@@ -293,6 +294,13 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+#: Options that ``grants`` replaced: set, they stop the start-up with the way to say it now.
+RETIRED = {
+    "allowed_principals": "grant each principal to the DAGs it may run in grants, e.g. "
+    "'svc-etl@CORP.EXAMPLE: dag_id=*'",
+    "delegate": "add 'delegate' to the grants rule of each principal whose tasks need a second hop",
+    "delegate_overrides": "delegation is per grants rule now: add 'delegate' to the rules that need it",
+}
 
 
 def provider_config() -> dict[str, Any]:
@@ -406,9 +414,8 @@ class Settings:
     pool_principals: Mapping[str, str] = field(default_factory=dict)
     honor_run_as_user: bool = True
     honor_executor_config: bool = True
-    allowed_principals: frozenset[str] = frozenset()
-    delegate: bool = True
-    delegate_overrides: Mapping[str, bool] = field(default_factory=dict)
+    grants: tuple[Grant, ...] = ()
+    audit_file: str = ""
     heartbeat_interval: float = 5.0
     missed_heartbeats: int = 6
     start_timeout: float = 120.0
@@ -442,11 +449,17 @@ class Settings:
         """Principals named in the configuration (tasks may add others at run time)."""
         named = {self.default_principal} if self.default_principal else set()
         named |= set(self.queue_principals.values()) | set(self.pool_principals.values())
-        named |= set(self.keytabs)
+        named |= set(self.keytabs) | {g.principal for g in self.grants}
         return sorted(named)
 
-    def delegate_for(self, principal: str) -> bool:
-        return self.delegate_overrides.get(principal, self.delegate)
+    def configured_principals(self) -> frozenset[str]:
+        """What a task may run as without ``grants``: what the administrator mapped."""
+        named = {self.default_principal} | set(self.queue_principals.values())
+        return frozenset(named | set(self.pool_principals.values()))
+
+    def delegated_anywhere(self, principal: str) -> bool:
+        """Whether some rule forwards ``principal``'s TGT (for some DAG)."""
+        return any(g.delegate and g.principal == principal for g in self.grants)
 
     def encryption_for(self, host: HostSpec) -> str:
         """pypsrp ``encryption=``: WS-Man message encryption over HTTP, TLS alone over HTTPS."""
@@ -577,7 +590,7 @@ def airflow_getter() -> Getter:
     from airflow.configuration import conf
 
     def get(name: str) -> str:
-        default = OPTIONS_BY_NAME[name].default
+        default = OPTIONS_BY_NAME[name].default if name in OPTIONS_BY_NAME else ""
         value = conf.get(SECTION, name, fallback=default)
         return "" if value is None else str(value)
 
@@ -591,7 +604,7 @@ def mapping_getter(values: Mapping[str, Any]) -> Getter:
         if name in values:
             v = values[name]
             return str(v) if not isinstance(v, str) else v
-        return OPTIONS_BY_NAME[name].default or ""
+        return (OPTIONS_BY_NAME[name].default or "") if name in OPTIONS_BY_NAME else ""
 
     return get
 
@@ -699,19 +712,17 @@ def load(get: Getter | None = None, *, check_files: bool = True) -> Settings:
         opt("python", r"empty; set the interpreter on the hosts, e.g. python = C:\Python312\python.exe")
 
     # identity
-    for name in ("keytabs", "queue_principals", "pool_principals", "delegate_overrides"):
+    for name in ("keytabs", "queue_principals", "pool_principals"):
         pairs, pair_problems = parse_pairs(values[name])
         for p in pair_problems:
             opt(name, f"{p}; write key=value pairs, comma or newline separated")
         values[name] = pairs
-    overrides: dict[str, bool] = {}
-    for principal, flag in values["delegate_overrides"].items():
-        try:
-            overrides[principal] = parse_bool(flag)
-        except ValueError:
-            opt("delegate_overrides", f"{principal}={flag}: value must be true or false")
-    values["delegate_overrides"] = overrides
-    values["allowed_principals"] = frozenset(split_entries(values["allowed_principals"]))
+    values["grants"], grant_problems = parse_grants(values["grants"])
+    for p in grant_problems:
+        opt("grants", p)
+    for name, fix in RETIRED.items():
+        if get(name).strip():
+            opt(name, f"no longer an option: {fix} (docs/security.md)")
 
     default = values["default_principal"]
     if not default:
@@ -722,8 +733,6 @@ def load(get: Getter | None = None, *, check_files: bool = True) -> Settings:
         ("pool_principals", p) for p in values["pool_principals"].values()
     ]
     named += [("keytabs", p) for p in values["keytabs"]]
-    named += [("delegate_overrides", p) for p in overrides]
-    named += [("allowed_principals", p) for p in values["allowed_principals"]]
     for name, principal in named:
         if not _PRINCIPAL.match(principal):
             opt(name, f"{principal!r} is not a principal; write user@REALM")

@@ -26,6 +26,7 @@ from typing import Any
 from winexec.testing.world import World, windows_world
 
 DAG_ID = "winexec_demo"
+REALM = "WINEXEC.TEST"  # the stand-in realm's (winexec.sim.kdc.Realm)
 EXAMPLE = Path(__file__).resolve().parent / "example_dags" / "winexec_demo.py"
 #: What every task's log starts with (``winexec.agent.runner``).
 WHERE = re.compile(r"winexec: running on (\S+) as (\S+)(?: \((\S+)\))?")
@@ -138,7 +139,12 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         # A task past its execution_timeout gets 5 s to clean up (on_kill) instead of the default 30:
         # the demo's timed-out task shows the stop without keeping everyone waiting.
-        winexec = {"execution_timeout_grace": "5"}
+        winexec = {
+            "execution_timeout_grace": "5",
+            # who may run what (docs/security.md): the pool's principal every DAG; alice the
+            # example's publish_to_share, with her TGT forwarded for the share (a second hop)
+            "grants": f"airflow@{REALM}: dag_id=*\nalice@{REALM}: dag_id={DAG_ID} delegate",
+        }
         with windows_world(
             workdir, dags, hosts=args.hosts, slots=args.slots, winexec=winexec, triggerer=True
         ) as world:

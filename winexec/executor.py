@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.executors.base_executor import BaseExecutor
 
 from winexec import metrics, protocol
+from winexec.audit import AuditTrail, audit_path
 from winexec.config import HostSpec, Settings, load, reread_hosts
+from winexec.grants import DagFacts
 from winexec.identity import Identity, IdentityError, TaskFacts, resolve
 from winexec.launcher import (
     AgentFailure,
@@ -46,6 +48,7 @@ from winexec.launcher import (
     python_missing_reason,
     reattach_session,
     retry_delay,
+    shell_id_for,
 )
 from winexec.pool import HostPool
 from winexec.watchdog import Liveness, judge
@@ -160,6 +163,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         self._principals_lock = threading.Lock()
         self._job_started: dict[TaskInstanceKey, float] = {}  # written by workers, read by sweeps
         self._strays: list[Stray] = []
+        self.audit: AuditTrail | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -174,6 +178,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         if self.tickets is None:
             self.tickets = _make_ticket_store(settings)
         self._io = ThreadPoolExecutor(max_workers=settings.io_workers, thread_name_prefix="winexec-io")
+        self.audit = AuditTrail(audit_path(settings))
         self._next_refresh = self._clock() + settings.host_refresh_interval
         self.log.info(
             "winexec: %d host(s) %s, %d slot(s), %d I/O worker(s)",
@@ -205,13 +210,20 @@ class WindowsKerberosExecutor(BaseExecutor):
         ti = getattr(workload, "ti", None)
         if ti is None:
             return
-        pool, run_as_user, timeout = self._task_facts_from_db(ti, session)
-        self._facts[ti.key] = (TaskFacts.from_ti(ti, pool=pool, run_as_user=run_as_user), timeout)
+        bundle = getattr(getattr(workload, "bundle_info", None), "name", None)
+        pool, run_as_user, timeout, dag = self._task_facts_from_db(ti, session, bundle)
+        facts = TaskFacts.from_ti(ti, pool=pool, run_as_user=run_as_user, dag=dag)
+        self._facts[ti.key] = (facts, timeout)
 
-    def _task_facts_from_db(self, ti: Any, session: Session) -> tuple[str | None, str | None, float | None]:
+    def _task_facts_from_db(
+        self, ti: Any, session: Session, bundle: str | None = None
+    ) -> tuple[str | None, str | None, float | None, DagFacts]:
+        """The task's pool, run_as_user and execution_timeout, and what grants match on."""
         pool: str | None = None
         run_as_user: str | None = None
         timeout: float | None = None
+        tags: frozenset[str] = frozenset()
+        team: str | None = None
         try:
             from airflow.models.taskinstance import TaskInstance as TI
             from sqlalchemy import select
@@ -233,9 +245,20 @@ class WindowsKerberosExecutor(BaseExecutor):
                     timeout = et.total_seconds() if hasattr(et, "total_seconds") else float(et)
                 if pool is None:
                     pool = getattr(task, "pool", None)
+            tags = frozenset(str(t) for t in (getattr(dag, "tags", None) or ()))
         except Exception as e:
             self.log.warning("winexec: cannot read the task definition of %s: %s", ti.key, str(e))
-        return pool, run_as_user, timeout
+        try:
+            from airflow.models.dag import DagModel
+            from sqlalchemy import select
+
+            if bundle is None:
+                bundle = session.scalar(select(DagModel.bundle_name).where(DagModel.dag_id == ti.dag_id))
+            if self._s().grants and any(k == "team" for g in self._s().grants for k, _ in g.selectors):
+                team = DagModel.get_team_name(ti.dag_id, session=session)
+        except Exception as e:
+            self.log.warning("winexec: cannot read the bundle and team of %s: %s", ti.key, str(e))
+        return pool, run_as_user, timeout, DagFacts(str(ti.dag_id), bundle, tags, team)
 
     def _process_workloads(self, workload_items: Sequence[workloads.ExecutorWorkload]) -> None:
         """Accept as many tasks as there are free host slots; the rest stay queued for later."""
@@ -259,7 +282,10 @@ class WindowsKerberosExecutor(BaseExecutor):
                 ident = resolve(settings, facts)
             except IdentityError as e:
                 self.running.add(key)
-                self._finish_unlaunched(key, workload.log_path, f"cannot choose a principal: {e}")
+                reason = f"cannot choose a principal: {e}"
+                bundle = facts.dag.bundle if facts.dag else None
+                self._trail().record("refused", key, bundle=bundle, outcome="failed", reason=reason)
+                self._finish_unlaunched(key, workload.log_path, reason)
                 continue
             rec = TaskRecord(
                 key=key,
@@ -300,6 +326,9 @@ class WindowsKerberosExecutor(BaseExecutor):
         if now >= self._next_refresh and not self._refreshing:
             self._refreshing = True
             self._submit(self._job_refresh_hosts, None)
+        batch = self._trail().take()
+        if batch:
+            self._submit(self._trail().write, batch)
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
         assert self._io is not None
@@ -553,6 +582,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             rec.identity.source,
             rec.run_id,
         )
+        self._audit("launched", rec, shell=shell_id_for(rec.run_id))
         if not rec.revoked and not rec.reported:
             self.running_state(rec.key, rec.external_id)
         self._next_job(rec)
@@ -592,9 +622,9 @@ class WindowsKerberosExecutor(BaseExecutor):
             return
         tries = f" after {rec.attempt} attempt(s)" if rec.attempt > 1 else ""
         where = "" if err.kind == "ticket" else f" on {host}"
-        self._finish_unlaunched(
-            rec.key, rec.log_path, f"could not start the task{where}{tries}: {err.reason}"
-        )
+        reason = f"could not start the task{where}{tries}: {err.reason}"
+        self._audit("not_launched", rec, host=host, outcome="failed", reason=reason)
+        self._finish_unlaunched(rec.key, rec.log_path, reason)
         self._forget(rec)
 
     def _on_polled(self, rec: TaskRecord, result: PollResult, at: float) -> None:
@@ -607,6 +637,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             elif isinstance(msg, protocol.Started):
                 got_heartbeat = True
                 rec.started = True
+                self._audit("started", rec, host_user=msg.user, pid=msg.pid, delegated=msg.delegated)
                 if rec.execution_timeout is not None:
                     # the agent times the task from its execute(); this is the backstop behind it,
                     # allowing start_timeout for the task process to get there
@@ -696,6 +727,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             return
         if msg.state == "success":
             rec.reported = True
+            self._audit("ended", rec, outcome="success", reason=msg.reason or None)
             self.success(rec.key, rec.external_id)
         else:
             reason = msg.reason or f"task ended {msg.state}"
@@ -799,7 +831,27 @@ class WindowsKerberosExecutor(BaseExecutor):
 
     def _fail(self, rec: TaskRecord, reason: str) -> None:
         rec.reported = True
+        self._audit("ended", rec, outcome="failed", reason=reason)
         self.fail(rec.key, reason)
+
+    def _trail(self) -> AuditTrail:
+        if self.audit is None:
+            raise RuntimeError("WindowsKerberosExecutor used before start()")
+        return self.audit
+
+    def _audit(self, event: str, rec: TaskRecord, **fields: Any) -> None:
+        """One audit record about ``rec``: who it runs as, chosen how, where, and ``fields``."""
+        ident = rec.identity
+        about: dict[str, Any] = {
+            "bundle": getattr(getattr(rec.workload, "bundle_info", None), "name", None),
+            "principal": ident.principal,
+            "source": ident.source,
+            "grant": ident.grant,
+            "delegated": ident.delegate,
+            "host": rec.host.name if rec.host else None,
+            "run": rec.run_id or None,
+        }
+        self._trail().record(event, rec.key, **{**about, **fields})
 
     # -- endings ------------------------------------------------------------------------------
     def _done(self, rec: TaskRecord, stop_session: bool = False) -> None:
@@ -866,6 +918,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         if self.records:
             self.log.warning("winexec: %d task(s) not detached cleanly at shutdown", len(self.records))
         self._io.shutdown(wait=False, cancel_futures=True)
+        self._trail().write(self._trail().take())
         self._close_tickets()
 
     def _close_tickets(self) -> None:
@@ -887,6 +940,7 @@ class WindowsKerberosExecutor(BaseExecutor):
                 rec.session = None
             self._forget(rec)
         self._io.shutdown(wait=True, cancel_futures=False)
+        self._trail().write(self._trail().take())
         self._close_tickets()
 
     def revoke_task(self, *, ti: TaskInstance) -> None:
@@ -961,17 +1015,19 @@ class WindowsKerberosExecutor(BaseExecutor):
         from sqlalchemy.orm.exc import UnmappedInstanceError
 
         run_as_user: str | None = None
+        dag = DagFacts(str(getattr(ti, "dag_id", "") or ""))
         try:
             session = object_session(ti)
         except UnmappedInstanceError:  # not an ORM instance: nothing more to read
             session = None
         if session is not None:
-            _, run_as_user, _ = self._task_facts_from_db(ti, session)
+            _, run_as_user, _, dag = self._task_facts_from_db(ti, session)
         return TaskFacts(
             queue=getattr(ti, "queue", None),
             pool=getattr(ti, "pool", None),
             run_as_user=run_as_user,
             executor_config=getattr(ti, "executor_config", None),
+            dag=dag,
         )
 
     def _on_reattach_result(self, kind: str, key: TaskInstanceKey | None, payload: Any) -> None:

@@ -1,4 +1,5 @@
-"""Which Kerberos principal a task runs as: a pure function of ``[winexec]`` and the task's facts.
+"""Which Kerberos principal a task runs as, and whether it may: a pure function of ``[winexec]``
+and the task's facts.
 
 Precedence, most specific first (the first that applies wins):
 
@@ -8,10 +9,15 @@ Precedence, most specific first (the first that applies wins):
    ``default_principal``;
 3. ``pool_principals[<task's pool>]``;
 4. ``queue_principals[<task's queue>]``;
-5. ``default_principal``.
+5. the first ``grants`` rule marked ``default`` that matches the task's DAG;
+6. ``default_principal``.
 
-A principal outside ``allowed_principals`` (when that is set) is refused rather than silently
-replaced: running a task as someone other than its author asked is worse than failing it.
+Then the choice must be allowed: with ``grants``, some rule must grant that principal to the
+task's DAG; without, it must be one the administrator mapped (default, pool, queue), so that a
+DAG author's ``executor_config`` cannot name a principal nobody granted. A refusal fails the task
+before any launch rather than running it as someone else: running a task as someone other than
+its author asked is worse than failing it. The TGT is forwarded only where a granting rule says
+``delegate``.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from winexec.config import Settings
+from winexec.grants import DagFacts
 
-Source = Literal["executor_config", "run_as_user", "pool", "queue", "default"]
+Source = Literal["executor_config", "run_as_user", "pool", "queue", "grant", "default"]
 
 _PRINCIPAL = re.compile(r"^[^\s@=,/]+(/[^\s@=,/]+)?@[^\s@=,/]+$")
 
@@ -39,15 +46,24 @@ class TaskFacts:
     pool: str | None = None
     run_as_user: str | None = None
     executor_config: dict[str, Any] | None = None
+    dag: DagFacts | None = None
 
     @classmethod
-    def from_ti(cls, ti: Any, *, pool: str | None = None, run_as_user: str | None = None) -> TaskFacts:
+    def from_ti(
+        cls,
+        ti: Any,
+        *,
+        pool: str | None = None,
+        run_as_user: str | None = None,
+        dag: DagFacts | None = None,
+    ) -> TaskFacts:
         """From a workload's ``TaskInstanceDTO`` (it carries queue and executor_config, not the rest)."""
         return cls(
             queue=getattr(ti, "queue", None),
             pool=pool if pool is not None else getattr(ti, "pool", None),
             run_as_user=run_as_user if run_as_user is not None else getattr(ti, "run_as_user", None),
             executor_config=getattr(ti, "executor_config", None),
+            dag=dag if dag is not None else DagFacts(str(getattr(ti, "dag_id", "") or "")),
         )
 
 
@@ -56,6 +72,8 @@ class Identity:
     principal: str
     source: Source
     delegate: bool
+    #: the ``grants`` rule that allowed it ("grants rule 2 (...)"); None without rules
+    grant: str | None = None
 
 
 def _qualify(user: str, settings: Settings) -> str:
@@ -83,6 +101,7 @@ def _requested_by_executor_config(executor_config: dict[str, Any] | None) -> str
 
 def resolve(settings: Settings, facts: TaskFacts) -> Identity:
     """The principal (and whether to delegate) for a task; raises :class:`IdentityError`."""
+    dag = facts.dag or DagFacts("")
     principal: str | None = None
     source: Source = "default"
     if settings.honor_executor_config:
@@ -96,12 +115,30 @@ def resolve(settings: Settings, facts: TaskFacts) -> Identity:
     if principal is None and facts.queue and facts.queue in settings.queue_principals:
         principal, source = settings.queue_principals[facts.queue], "queue"
     if principal is None:
+        rule = next((g for g in settings.grants if g.default and g.matches(dag)), None)
+        if rule is not None:
+            principal, source = rule.principal, "grant"
+    if principal is None:
         principal, source = settings.default_principal, "default"
     if not _PRINCIPAL.match(principal):
         raise IdentityError(f"{principal!r} (from {source}) is not a Kerberos principal user@REALM")
-    if settings.allowed_principals and principal not in settings.allowed_principals:
+    if not settings.grants:
+        if principal not in settings.configured_principals():
+            raise IdentityError(
+                f"{principal} (from {source}) is not granted to {dag.describe()}: with no [winexec] "
+                "grants, tasks run only as default_principal or a pool_principals/queue_principals "
+                f"mapping; grant it with a rule such as '{principal}: dag_id={dag.dag_id or '*'}'"
+            )
+        return Identity(principal=principal, source=source, delegate=False)
+    granting = [g for g in settings.grants if g.principal == principal and g.matches(dag)]
+    if not granting:
         raise IdentityError(
-            f"{principal} (from {source}) is not in [winexec] allowed_principals; add it there "
-            "or run the task as an allowed principal"
+            f"{principal} (from {source}) is not granted to {dag.describe()}: no [winexec] grants "
+            f"rule gives it this DAG; add one such as '{principal}: dag_id={dag.dag_id or '*'}'"
         )
-    return Identity(principal=principal, source=source, delegate=settings.delegate_for(principal))
+    return Identity(
+        principal=principal,
+        source=source,
+        delegate=any(g.delegate for g in granting),
+        grant=str(next((g for g in granting if g.delegate), granting[0])),
+    )

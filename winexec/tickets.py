@@ -1,7 +1,8 @@
 """Kerberos credential caches per principal, renewed before they expire.
 
-Every task runs as its own domain principal and delegates that principal's TGT to the Windows
-host, so the scheduler keeps one *forwardable, renewable* TGT per principal. Each lives in its
+Every task runs as its own domain principal, and where a ``grants`` rule says ``delegate`` that
+principal's TGT is forwarded to the Windows host, so the scheduler keeps one *forwardable,
+renewable* TGT per principal. Each lives in its
 own ``FILE:`` credential cache inside a private 0700 directory: never the process default cache
 (other code in the scheduler, or the operator's own ``kinit``, must not see or clobber it) and
 never shared between principals (a shell opened as one principal must not pick up another's
@@ -329,6 +330,9 @@ class _Entry:
         self.last_renewal: float | None = None
         self.last_error: str | None = None
         self.warned_short = False
+        #: the keytab file as the last fresh TGT was taken from it: another file there (a gMSA-style
+        #: rotation, a new export after ``ktpass``) is tried at once, without a scheduler restart
+        self.keytab_seen: tuple[int, int, int] | None = None
 
 
 def _new_context() -> krb5.Context:
@@ -343,6 +347,8 @@ def _backoff_state(attempt: int) -> tenacity.RetryCallState:
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: How often the renewal thread looks at each keytab file for a replacement (key rotation).
+KEYTAB_CHECK = 30.0
 
 
 class TicketStore:
@@ -721,12 +727,15 @@ class TicketStore:
 
     # -- internals: KDC round trips (caller holds entry.lock) ---------------------------------
     def _refresh(self, entry: _Entry, *, need: float) -> None:
-        """Renew the TGT if its renewable lifetime still covers ``need``, else acquire a fresh one."""
+        """Renew the TGT if its renewable lifetime still covers ``need``, else acquire a fresh one;
+        always a fresh one from a keytab that changed since the last."""
         t = entry.times
         now = time.time()
         how: Literal["renew", "acquire"] = "acquire"
         if t is not None and t.renew_till > t.end and t.end > now + 1 and t.renew_till - now >= need:
             how = "renew"
+        if _stamp(entry.keytab) != entry.keytab_seen:
+            how = "acquire"
         if how == "renew":
             try:
                 self._renew(entry)
@@ -741,6 +750,7 @@ class TicketStore:
 
     def _acquire(self, entry: _Entry) -> None:
         self._check_keytab(entry.principal, entry.keytab, warn=False)
+        entry.keytab_seen = _stamp(entry.keytab)
         ctx = _new_context()
         try:
             client = krb5.parse_name_flags(ctx, entry.principal.encode())
@@ -847,13 +857,16 @@ class TicketStore:
         while not self._stop.is_set():
             self._wake.clear()
             now = time.time()
-            next_due = now + 60.0
+            next_due = now + KEYTAB_CHECK
             for entry in self._all_entries():
                 if self._stop.is_set():
                     return
                 due = entry.due
                 if due is None:
                     continue
+                if entry.times is not None and _stamp(entry.keytab) != entry.keytab_seen:
+                    log.info("%s: keytab %s changed; a fresh TGT from it", entry.principal, entry.keytab)
+                    due = entry.due = now
                 if due <= now:
                     self._background_refresh(entry)
                     now = time.time()
@@ -877,6 +890,15 @@ class TicketStore:
             self._record_failure(entry, TicketError(entry.principal, f"unexpected error: {exc!r}"))
         finally:
             entry.lock.release()
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells one keytab file from its replacement (a rename over it, or a rewrite)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _kt_name(path: Path) -> bytes:

@@ -79,7 +79,8 @@ def winexec_e2e() -> None:
 
     @task(retries=0, executor_config={"winexec": {"principal": "nobody@WINEXEC.TEST"}})
     def unknown_principal() -> None:
-        """Never runs: there is no keytab for nobody, so the executor fails it and says why."""
+        """Never runs: no [winexec] grants rule gives nobody this DAG, so the executor fails it
+        before any launch and says why."""
 
     read_variable(hello())
     unknown_principal()

@@ -151,7 +151,8 @@ class AirflowStack:
         lines = []
         for section, values in self.config().items():
             lines.append(f"[{section}]")
-            lines.extend(f"{k} = {v}" for k, v in values.items())
+            # a multi-line value goes on indented continuation lines, as configparser reads them
+            lines.extend(f"{k} = " + str(v).replace("\n", "\n    ") for k, v in values.items())
             lines.append("")
         path.write_text("\n".join(lines))
         return path

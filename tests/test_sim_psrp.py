@@ -58,6 +58,24 @@ def test_unknown_command_fails_like_powershell(realm: Realm, host: SimHost) -> N
         assert "The term 'Write-Output' is not recognized" in error_texts(ps)[0]
 
 
+def _first_line(pool: RunspacePool, script: str) -> tuple[PowerShell, str]:
+    """Start ``script`` and wait for the first line it prints."""
+    ps = py(pool, script)
+    ps.begin_invoke()
+    end = time.monotonic() + 15
+    while not ps.output:
+        assert time.monotonic() < end
+        ps.poll_invoke(timeout=2)
+    return ps, str(ps.output[0])
+
+
+def _until_gone(*pids: int, why: str) -> None:
+    end = time.monotonic() + 5
+    while not all(_gone(pid) for pid in pids):
+        assert time.monotonic() < end, why
+        time.sleep(0.05)
+
+
 def test_stop_kills_the_whole_tree(realm: Realm, host: SimHost) -> None:
     script = (
         "import subprocess, sys, time\n"
@@ -66,21 +84,13 @@ def test_stop_kills_the_whole_tree(realm: Realm, host: SimHost) -> None:
         "time.sleep(60)\n"
     )
     with RunspacePool(wsman(host, realm)) as pool:
-        ps = py(pool, script)
-        ps.begin_invoke()
-        end = time.monotonic() + 15
-        while not ps.output:
-            assert time.monotonic() < end
-            ps.poll_invoke(timeout=2)
-        child = int(ps.output[0])
+        ps, line = _first_line(pool, script)
+        child = int(line)
         procs = host.processes()
         root = next(p for p in procs if p["argv"][:2] == [PY, "-c"] and "Popen" in p["argv"][2])
         assert {child, root["pid"]} <= {p["pid"] for p in procs}
         ps.stop()
-        end = time.monotonic() + 5
-        while not (_gone(child) and _gone(root["pid"])):
-            assert time.monotonic() < end, "process tree survived stop()"
-            time.sleep(0.05)
+        _until_gone(child, root["pid"], why="process tree survived stop()")
         assert not [p for p in host.processes() if p["pid"] in (child, root["pid"])]
 
 
@@ -93,29 +103,18 @@ def test_a_stop_misses_what_a_parent_left_and_the_shells_end_takes_it(realm: Rea
     script = (
         "import subprocess, sys, time\n"
         f"r = subprocess.run([{PY!r}, '-c', {orphan!r}], capture_output=True, text=True)\n"
-        f"c = subprocess.Popen([{PY!r}, '-c', 'import time; time.sleep(60)'])\n"
+        f"c = subprocess.Popen({sleeper})\n"
         "print(r.stdout.strip(), c.pid, flush=True)\n"
         "time.sleep(60)\n"
     )
     with RunspacePool(wsman(host, realm)) as pool:
-        ps = py(pool, script)
-        ps.begin_invoke()
-        end = time.monotonic() + 15
-        while not ps.output:
-            assert time.monotonic() < end
-            ps.poll_invoke(timeout=2)
-        left, child = (int(pid) for pid in str(ps.output[0]).split())
+        ps, line = _first_line(pool, script)
+        left, child = (int(pid) for pid in line.split())
         ps.stop()
-        end = time.monotonic() + 5
-        while not _gone(child):
-            assert time.monotonic() < end, "the stop left the agent's own child"
-            time.sleep(0.05)
+        _until_gone(child, why="the stop left the process's own child")
         time.sleep(0.5)
         assert not _gone(left), "the stop found a process whose parent had exited"
-    end = time.monotonic() + 5
-    while not _gone(left):  # the pool's close deleted the shell
-        assert time.monotonic() < end, "the orphan outlived its shell"
-        time.sleep(0.05)
+    _until_gone(left, why="the orphan outlived its shell")  # the pool's close deleted the shell
 
 
 def _gone(pid: int) -> bool:

@@ -54,6 +54,7 @@ class AuditTrail:
         self.scheduler = f"{socket.gethostname()}:{os.getpid()}"
         self._pending: list[tuple[TaskInstanceKey, dict[str, Any]]] = []
         self._writing = threading.Lock()
+        self._flush_asked = False
         self._missed = 0
         self._complained = -COMPLAIN_EVERY
 
@@ -73,15 +74,23 @@ class AuditTrail:
         }
         self._pending.append((key, entry))
 
-    def take(self) -> list[tuple[TaskInstanceKey, dict[str, Any]]]:
-        batch, self._pending = self._pending, []
-        return batch
+    def flush_due(self) -> bool:
+        """Whether a worker should flush now: records wait and no flush is on its way already
+        (a slow database must not take one worker per heartbeat)."""
+        if not self._pending or self._flush_asked:
+            return False
+        self._flush_asked = True
+        return True
 
-    def write(self, batch: list[tuple[TaskInstanceKey, dict[str, Any]]]) -> None:
-        """Write a batch to both places (an I/O worker; one batch at a time, in order)."""
-        if not batch:
-            return
+    def flush(self) -> None:
+        """Write what is queued to both places (an I/O worker, or the executor's shutdown).
+
+        The records leave the queue only here, so a flush cancelled at shutdown loses none."""
         with self._writing:
+            self._flush_asked = False
+            batch, self._pending = self._pending, []  # an append meanwhile lands in either list
+            if not batch:
+                return
             lines = "".join(json.dumps(e, sort_keys=True, default=str) + "\n" for _, e in batch)
             if self.path is not None:
                 try:

@@ -326,9 +326,8 @@ class WindowsKerberosExecutor(BaseExecutor):
         if now >= self._next_refresh and not self._refreshing:
             self._refreshing = True
             self._submit(self._job_refresh_hosts, None)
-        batch = self._trail().take()
-        if batch:
-            self._submit(self._trail().write, batch)
+        if self._trail().flush_due():
+            self._submit(self._trail().flush)
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
         assert self._io is not None
@@ -918,7 +917,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         if self.records:
             self.log.warning("winexec: %d task(s) not detached cleanly at shutdown", len(self.records))
         self._io.shutdown(wait=False, cancel_futures=True)
-        self._trail().write(self._trail().take())
+        self._trail().flush()
         self._close_tickets()
 
     def _close_tickets(self) -> None:
@@ -940,7 +939,7 @@ class WindowsKerberosExecutor(BaseExecutor):
                 rec.session = None
             self._forget(rec)
         self._io.shutdown(wait=True, cancel_futures=False)
-        self._trail().write(self._trail().take())
+        self._trail().flush()
         self._close_tickets()
 
     def revoke_task(self, *, ti: TaskInstance) -> None:

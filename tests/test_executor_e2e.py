@@ -21,7 +21,7 @@ import pytest
 
 from tests.test_launcher import DAG_ID, DAGS
 from winexec import protocol
-from winexec.testing.airflow_stack import AirflowStack
+from winexec.testing.airflow_stack import AirflowStack, StackError
 from winexec.testing.world import World, windows_world
 
 SLOTS = 3
@@ -193,14 +193,27 @@ def test_a_scheduled_runs_task_succeeds_and_its_log_keeps_airflows_path(stack: A
     hosts are windows-like). The host writes the log under an NTFS-safe name; Airflow reads it
     under its own path, through the API and in the log folder."""
     dag_id, deadline = "winexec_scheduled", time.monotonic() + 120
+    while True:  # once the dag-processor has it; then the scheduler makes its latest run
+        try:
+            stack.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+            break
+        except StackError:
+            assert time.monotonic() < deadline, "the DAG never appeared"
+            time.sleep(1)
     while not (runs := stack.api("GET", f"/dags/{dag_id}/dagRuns")["dag_runs"]):
         assert time.monotonic() < deadline, "the scheduler made no run of the @daily DAG"
         time.sleep(1)
     run_id = runs[0]["dag_run_id"]
     assert runs[0]["run_type"] == "scheduled" and ":" in run_id, runs[0]
-    assert stack.wait_for_run(dag_id, run_id, timeout=240) == "success"
+    state = stack.wait_for_run(dag_id, run_id, timeout=240)
+    deadline = time.monotonic() + 60
+    while True:  # the log is copied from the host once its shell is closed, after the outcome
+        log = _log_text(stack, dag_id, run_id, "on_schedule", 1, -1)
+        if f"scheduled task of {run_id}" in log or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert state == "success", (log[-3000:], stack.log_tail("scheduler", 5000))
     assert stack.xcom(dag_id, run_id, "on_schedule") == run_id
-    log = _log_text(stack, dag_id, run_id, "on_schedule", 1, -1)
     assert f"scheduled task of {run_id}" in log and "winexec: running on WIN0" in log, log[-3000:]
     relative = f"dag_id={dag_id}/run_id={run_id}/task_id=on_schedule/attempt=1.log"
     assert f"scheduled task of {run_id}" in (stack.log_folder / relative).read_text()

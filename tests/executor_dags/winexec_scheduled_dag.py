@@ -7,7 +7,13 @@ import pendulum
 from airflow.sdk import dag, get_current_context, task
 
 
-@dag(schedule="@daily", start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False)
+# paused until the test unpauses it: a run made before the api-server listens would fail its task
+@dag(
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    is_paused_upon_creation=True,
+)
 def winexec_scheduled() -> None:
     @task(retries=0)
     def on_schedule() -> str:

@@ -8,10 +8,15 @@ and "run any DAGs" are checked; ``--json`` is what the assertions read.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import psutil
 
 from winexec import demo
 
@@ -81,3 +86,63 @@ def test_table_lists_every_row() -> None:
     ]
     text = demo.table(rows)
     assert "t[2]" in text and "WIN01" in text and "alice@R" in text and "1.2" in text
+
+
+def _demo(dags: Path, workdir: Path, *extra: str) -> subprocess.Popen[str]:
+    """The demo as a user starts it, its lines as they come; its stderr in ``<workdir>.err``."""
+    argv = [sys.executable, "-m", "winexec.demo", "--dags-folder", str(dags), "--workdir", str(workdir)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(f"{workdir}.err", "w") as err:  # the child has its own copy of the file
+        return subprocess.Popen([*argv, *extra], stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+
+
+def _never_ends(tmp_path: Path) -> Path:
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    shutil.copy(HERE / "demo_dags" / "never_ends.py", dags)
+    return dags
+
+
+def _left_behind(workdir: Path) -> list[str]:
+    """Processes (not this one) that belong to the demo in ``workdir``: its command line or its
+    environment names the folder (Airflow's processes, the KDC, the hosts' agents)."""
+    left = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.pid == os.getpid():
+                continue
+            text = " ".join(p.info["cmdline"] or []) + " " + " ".join(p.environ().values())
+        except psutil.Error:
+            continue
+        if str(workdir) in text:
+            left.append(f"{p.pid} {' '.join(p.info['cmdline'] or [])[:200]}")
+    return left
+
+
+def test_a_run_that_does_not_finish_is_reported_with_what_it_has(tmp_path: Path) -> None:
+    proc = _demo(_never_ends(tmp_path), tmp_path / "w", "--timeout", "20")
+    out, _ = proc.communicate(timeout=600)
+    err = (tmp_path / "w.err").read_text()
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err and "Traceback" not in out, err[-3000:]
+    assert "DAG run never_ends: not finished after 20 s; its logs: " in out, out
+    row = next(ln for ln in out.splitlines() if ln.startswith("never_ends "))
+    assert row.split()[1:3] == ["sleeps", "running"], row
+    assert not _left_behind(tmp_path / "w")
+
+
+def test_sigterm_stops_everything_the_demo_started(tmp_path: Path) -> None:
+    proc = _demo(_never_ends(tmp_path), tmp_path / "w")
+    assert proc.stdout is not None
+    for line in proc.stdout:  # Airflow, the KDC and the hosts are up and the run is triggered
+        if "triggered never_ends" in line:
+            break
+    time.sleep(5)  # its task on its way to a host
+    assert len(_left_behind(tmp_path / "w")) >= 3  # api-server, scheduler, dag-processor at least
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=180)
+    assert proc.returncode == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 30
+    while (left := _left_behind(tmp_path / "w")) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not left, left

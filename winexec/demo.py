@@ -23,9 +23,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from winexec.testing.airflow_stack import StackError
 from winexec.testing.world import World, windows_world
 
 DAG_ID = "winexec_demo"
+#: A run's state when the demo's --timeout came first.
+UNFINISHED = "unfinished"
 REALM = "WINEXEC.TEST"  # the stand-in realm's (winexec.sim.kdc.Realm)
 EXAMPLE = Path(__file__).resolve().parent / "example_dags" / "winexec_demo.py"
 #: What every task's log starts with (``winexec.agent.runner``).
@@ -131,8 +134,22 @@ def _dag_ids(world: World, custom: bool) -> list[str]:
     return sorted(d["dag_id"] for d in dags)
 
 
+def _run_line(run: dict[str, Any], world: World, args: argparse.Namespace) -> str:
+    if run["state"] != UNFINISHED:
+        return f"DAG run {run['dag_id']}: {run['state']}"
+    logs = world.stack.log_folder / f"dag_id={run['dag_id']}" / f"run_id={run['run_id']}"
+    kept = "" if args.workdir else " (gone when the demo ends; --workdir DIR keeps them)"
+    return f"DAG run {run['dag_id']}: not finished after {args.timeout:g} s; its logs: {logs}{kept}"
+
+
+def _terminated(signum: int, _: object) -> None:
+    """SIGTERM unwinds like Ctrl-C: every ``with`` below stops what it started (KDC, hosts, Airflow)."""
+    raise SystemExit(128 + signum)
+
+
 def run(args: argparse.Namespace) -> int:
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    signal.signal(signal.SIGTERM, _terminated)
     with _workdir(args.workdir) as workdir:
         dags = _dags(workdir, args.dags_folder)
         say(f"winexec demo: starting a KDC, {args.hosts} stand-in Windows hosts and Airflow in {workdir}")
@@ -160,9 +177,12 @@ def run(args: argparse.Namespace) -> int:
             deadline = t1 + args.timeout
             runs, rows = [], []
             for dag_id, run_id in run_ids.items():
-                state = world.stack.wait_for_run(
-                    dag_id, run_id, timeout=max(1.0, deadline - time.monotonic())
-                )
+                try:
+                    state = world.stack.wait_for_run(
+                        dag_id, run_id, timeout=max(1.0, deadline - time.monotonic())
+                    )
+                except StackError:  # what it has so far is still worth showing
+                    state = UNFINISHED
                 runs.append({"dag_id": dag_id, "run_id": run_id, "state": state})
                 rows += task_rows(world, dag_id, run_id)
             took = time.monotonic() - t1
@@ -174,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
                 print()
                 used = len({r["host"] for r in rows if r["host"]})
                 for r in runs:
-                    print(f"DAG run {r['dag_id']}: {r['state']}")
+                    print(_run_line(r, world, args))
                 print(f"{len(rows)} task instance(s) in {took:.0f} s on {used} host(s)")
             if args.keep_running:
                 say(f"Airflow UI: {world.stack.api_url} (any user name is an admin); Ctrl-C stops everything")

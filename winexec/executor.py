@@ -32,7 +32,7 @@ from airflow.executors.base_executor import BaseExecutor
 from winexec import metrics, protocol
 from winexec.audit import AuditTrail, audit_path
 from winexec.config import HostSpec, Settings, load, reread_hosts
-from winexec.grants import DagFacts
+from winexec.grants import DagFacts, match_on
 from winexec.identity import Identity, IdentityError, TaskFacts, resolve
 from winexec.launcher import (
     AgentFailure,
@@ -254,7 +254,7 @@ class WindowsKerberosExecutor(BaseExecutor):
 
             if bundle is None:
                 bundle = session.scalar(select(DagModel.bundle_name).where(DagModel.dag_id == ti.dag_id))
-            if self._s().grants and any(k == "team" for g in self._s().grants for k, _ in g.selectors):
+            if match_on(self._s().grants, "team"):  # one more query, only where a rule needs it
                 team = DagModel.get_team_name(ti.dag_id, session=session)
         except Exception as e:
             self.log.warning("winexec: cannot read the bundle and team of %s: %s", ti.key, str(e))

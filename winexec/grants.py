@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 SELECTORS = ("dag_id", "bundle", "tag", "team")
 FLAGS = ("default", "delegate")
 _PRINCIPAL = re.compile(r"^[^\s@=,:]+@[^\s@=,:]+$")
+EXAMPLE = "svc-etl@CORP.EXAMPLE: dag_id=etl_* default"
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ class Grant:
         return f"grants rule {self.number} ({self.text})"
 
 
+def match_on(grants: Iterable[Grant], kind: str) -> bool:
+    """Whether any rule selects by ``kind`` (so the DAG fact it needs is worth reading)."""
+    return any(k == kind for g in grants for k, _ in g.selectors)
+
+
 def parse_grants(text: str) -> tuple[tuple[Grant, ...], list[str]]:
     """The rules in ``text``, and a problem (with its fix) per malformed line."""
     rules: list[Grant] = []
@@ -112,9 +118,6 @@ def parse_grants(text: str) -> tuple[tuple[Grant, ...], list[str]]:
             Grant(principal, number, tuple(selectors), "default" in flags, "delegate" in flags, line)
         )
     return tuple(rules), problems
-
-
-EXAMPLE = "svc-etl@CORP.EXAMPLE: dag_id=etl_* default"
 
 
 def _items(text: str) -> Iterable[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import stat
 import subprocess
 import threading
@@ -26,6 +27,7 @@ from winexec.sim.kdc import Realm, free_port
 from winexec.tickets import (
     ClockSkewError,
     KdcUnreachableError,
+    KeytabHeldError,
     KeytabMissingError,
     KeytabPermissionsError,
     KeytabStaleError,
@@ -385,13 +387,60 @@ def test_one_principals_failure_does_not_stop_the_others(
     assert gus_tgt.renew_till <= gus_tgt.endtime  # the KDC grants gus no renewable lifetime
     realm.kadmin("cpw -randkey gus")  # gus's keytab is stale from now on
     renewals = store.renewals
-    wait_for(lambda: store.status("gus").consecutive_failures >= 2, 15, "gus to fail")
+    wait_for(lambda: store.status("gus").consecutive_failures >= 1, 15, "gus to fail")
     wait_for(lambda: store.renewals >= renewals + 2, 15, "fay to keep renewing")
     assert store.status("fay").last_error is None and store.status("fay").consecutive_failures == 0
     assert "gus@WINEXEC.TEST" in (store.status("gus").last_error or "")
     assert "export a new keytab" in (store.status("gus").last_error or "")
     assert store._thread is not None and store._thread.is_alive()
     assert store.get("fay").remaining() >= 3
+
+
+def preauth_failures(realm: Realm, principal: str) -> int:
+    """AS-REQs the KDC refused for ``principal``'s key (what Active Directory counts toward lockout)."""
+    log = (realm.workdir / "kdc.log").read_text(errors="replace")
+    return sum(1 for line in log.splitlines() if f"PREAUTH_FAILED: {principal}@" in line)
+
+
+def test_a_refused_keytab_is_tried_once_per_change_of_the_file(
+    make_realm: MakeRealm, stores: list[TicketStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The account's password changed after its keytab was exported: the KDC refuses the key.
+    Through ten compressed minutes (a 1 s backoff cap standing for the 60 s one) the store asks
+    the KDC once, says why and what to do; a replaced file is tried once more, a good one works."""
+    monkeypatch.setattr(tickets, "KEYTAB_CHECK", 0.2)
+    realm = make_realm(10, 120)
+    keytab = realm.add_principal("hal")
+    realm.kadmin("cpw -randkey hal")  # the key version the keytab holds is behind now
+    store = TicketStore({"hal": keytab}, safety_margin=3, retry_initial=0.2, retry_max=1)
+    stores.append(store)
+    with pytest.raises(KeytabStaleError) as info:
+        store.start()
+    assert "export a new keytab" in str(info.value) and "kvno 2" in str(info.value), info.value
+    assert preauth_failures(realm, "hal") == 1
+
+    time.sleep(10)  # ten "minutes" of background retries, and launches asking for the ticket
+    for _ in range(5):
+        with pytest.raises(KeytabHeldError, match=r"not tried again until .* changes") as held:
+            store.get("hal")
+    assert "lockout" in str(held.value) and "export a new keytab" in str(held.value)
+    assert preauth_failures(realm, "hal") == 1
+    assert store.renewal_failures == 1
+
+    stale = tmp_path / "stale.keytab"  # an operator copies the same stale file in again
+    shutil.copy(keytab, stale)
+    os.replace(stale, keytab)
+    wait_for(lambda: preauth_failures(realm, "hal") == 2, 10, "the replaced keytab to be tried")
+    time.sleep(3)
+    assert preauth_failures(realm, "hal") == 2
+
+    fresh = tmp_path / "fresh.keytab"  # a new export: a new key, kvno 4, that the KDC has
+    realm.kadmin(f"ktadd -k {fresh} hal")
+    fresh.chmod(0o600)
+    os.replace(fresh, keytab)
+    wait_for(lambda: store.status("hal").last_error is None, 10, "the new keytab to be used")
+    assert store.get("hal").remaining() > 3
+    assert preauth_failures(realm, "hal") == 2
 
 
 # -- clear errors ------------------------------------------------------------------------------

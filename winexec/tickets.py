@@ -48,6 +48,7 @@ __all__ = [
     "ClockSkewError",
     "Credential",
     "KdcUnreachableError",
+    "KeytabHeldError",
     "KeytabMissingError",
     "KeytabPermissionsError",
     "KeytabStaleError",
@@ -137,6 +138,14 @@ class PrincipalNotInKeytabError(TicketError):
 
 class KeytabStaleError(TicketError):
     """The keytab's key no longer matches the KDC's (password or key rotated since export)."""
+
+
+class KeytabHeldError(KeytabStaleError):
+    """The KDC refused this keytab's key before, and the file has not changed since.
+
+    Not tried again: each refused pre-authentication counts toward the account's bad-password
+    threshold in Active Directory, and a service account other systems share would be locked out.
+    """
 
 
 class PrincipalUnknownError(TicketError):
@@ -333,6 +342,13 @@ class _Entry:
         #: the keytab file as the last fresh TGT was taken from it: another file there (a gMSA-style
         #: rotation, a new export after ``ktpass``) is tried at once, without a scheduler restart
         self.keytab_seen: tuple[int, int, int] | None = None
+        #: the KDC refused the key of the keytab file as it was then (``keytab_seen``): held, not
+        #: tried again until the file changes (every refusal counts toward an AD lockout)
+        self.refused: KeytabStaleError | None = None
+
+    def held(self) -> bool:
+        """Whether the keytab the KDC refused is still the file on disk."""
+        return self.refused is not None and _stamp(self.keytab) == self.keytab_seen
 
 
 def _new_context() -> krb5.Context:
@@ -749,8 +765,17 @@ class TicketStore:
         self._acquire(entry)
 
     def _acquire(self, entry: _Entry) -> None:
+        if entry.held():
+            assert entry.refused is not None
+            raise KeytabHeldError(
+                entry.principal,
+                f"{entry.refused.message}; not tried again until {entry.keytab} changes, because each "
+                "refused attempt counts toward the account's lockout threshold",
+                code=entry.refused.code,
+            )
         self._check_keytab(entry.principal, entry.keytab, warn=False)
         entry.keytab_seen = _stamp(entry.keytab)
+        entry.refused = None
         ctx = _new_context()
         try:
             client = krb5.parse_name_flags(ctx, entry.principal.encode())
@@ -761,7 +786,12 @@ class TicketStore:
             creds = krb5.get_init_creds_keytab(ctx, client, opt, keytab)
             self._store(ctx, entry, client, creds)
         except krb5.Krb5Error as exc:
-            raise error_from_krb5(entry.principal, exc, keytab=entry.keytab) from None
+            err = error_from_krb5(entry.principal, exc, keytab=entry.keytab)
+            if isinstance(err, KeytabStaleError):
+                entry.refused = err = KeytabStaleError(
+                    entry.principal, f"{err.message} ({_kvnos(ctx, entry.keytab, client)})", code=err.code
+                )
+            raise err from None
         with self._counter_lock:
             self._acquisitions += 1
         metrics.incr(metrics.TICKET_ACQUISITIONS, principal=entry.principal)
@@ -821,6 +851,8 @@ class TicketStore:
         )
 
     def _record_failure(self, entry: _Entry, exc: TicketError) -> None:
+        if isinstance(exc, KeytabHeldError):
+            return  # no KDC was asked: nothing new to count or log
         with self._counter_lock:
             self._failures += 1
         metrics.incr(metrics.TICKET_RENEWAL_FAILURES, principal=entry.principal)
@@ -864,7 +896,9 @@ class TicketStore:
                 due = entry.due
                 if due is None:
                     continue
-                if entry.times is not None and _stamp(entry.keytab) != entry.keytab_seen:
+                if entry.held():
+                    continue  # only a new keytab file is worth a KDC round trip
+                if (entry.times is not None or entry.refused) and _stamp(entry.keytab) != entry.keytab_seen:
                     log.info("%s: keytab %s changed; a fresh TGT from it", entry.principal, entry.keytab)
                     due = entry.due = now
                 if due <= now:
@@ -899,6 +933,17 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _kvnos(ctx: krb5.Context, path: Path, client: krb5.Principal) -> str:
+    """What the keytab holds for ``client``, for the fix: which key version the KDC refused."""
+    name = krb5.unparse_name_flags(ctx, client)
+    try:
+        entries = krb5.kt_resolve(ctx, _kt_name(path))
+        held = sorted({e.kvno for e in entries if krb5.unparse_name_flags(ctx, e.principal) == name})
+    except krb5.Krb5Error:
+        return "its key versions could not be read"
+    return f"the keytab holds kvno {', '.join(map(str, held))}, a key the KDC no longer has"
 
 
 def _kt_name(path: Path) -> bytes:

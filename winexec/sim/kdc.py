@@ -241,6 +241,7 @@ class Realm:
         max_life = {self.ticket_lifetime}s
         max_renewable_life = {self.renew_lifetime}s
         supported_enctypes = aes256-cts-hmac-sha1-96:normal aes128-cts-hmac-sha1-96:normal
+        default_principal_flags = +preauth
     }}
 
 [logging]

@@ -70,7 +70,7 @@ class Runner:
         run_id = run_id or self.stack.trigger(DAG_ID, conf=conf)
         return run_id, self.stack.queue_workload(DAG_ID, run_id, task_id)
 
-    def launch(self, workload: dict[str, Any], **start: Any) -> AgentProc:
+    def launch(self, workload: dict[str, Any], env: dict[str, str] | None = None, **start: Any) -> AgentProc:
         start.setdefault("heartbeat_interval", 0.5)
         msg = Start(
             workload=workload,
@@ -79,7 +79,8 @@ class Runner:
             **start,
         )
         task_log = self.stack.log_folder / workload["log_path"]
-        agent = AgentProc(msg, self.env(), self.tmp / f"stderr-{len(self.agents)}.log", task_log)
+        agent_env = {**self.env(), **(env or {})}
+        agent = AgentProc(msg, agent_env, self.tmp / f"stderr-{len(self.agents)}.log", task_log)
         self.agents.append(agent)
         return agent
 
@@ -151,6 +152,32 @@ def test_success_xcom_and_variable_through_the_execution_api(runner: Runner) -> 
     log_file = runner.stack.log_folder / wl["log_path"]
     assert "pushing the answer" in log_file.read_text()
     assert b"pushing the answer" not in b"".join(agent.raw)
+
+
+@pytest.mark.parametrize(
+    ("task_id", "host_config"),
+    [
+        ("as_alice_at_realm", {}),
+        ("as_alice", {}),
+        ("as_anyone", {"AIRFLOW__CORE__DEFAULT_IMPERSONATION": "alice"}),
+    ],
+)
+def test_run_as_user_and_default_impersonation_never_reexec_through_sudo(
+    runner: Runner, task_id: str, host_config: dict[str, str]
+) -> None:
+    """The task's identity is the WinRM logon's: a ``run_as_user`` (or ``default_impersonation``)
+    that differs from it must not make the Task SDK re-exec through ``sudo`` (no such thing on
+    Windows; on the stand-in it would fail the task, or run it as another user)."""
+    run_id, wl = runner.workload(task_id)
+    agent = runner.launch(wl, env=host_config)
+    started = agent.wait_for("started")
+    ex = agent.finish()
+    assert (ex.state, ex.ti_state) == ("success", "success"), agent.describe()
+    ran = runner.stack.xcom(DAG_ID, run_id, task_id)
+    assert ran["user"] == agent.env["USERNAME"] != "alice", ran
+    assert ran["pid"] == started.pid, ran  # the process the agent started, not one exec'd anew
+    log = (runner.stack.log_folder / wl["log_path"]).read_text()
+    assert "sudo" not in log, log
 
 
 def test_failing_task_is_failed_in_airflow(runner: Runner) -> None:

@@ -37,6 +37,17 @@ def winexec_agent() -> None:
             json.dump(facts, f)
         time.sleep(600)
 
+    def whoami() -> dict[str, object]:
+        """Who the task ran as, and whether it is still the process the supervisor started."""
+        import getpass
+
+        return {"user": getpass.getuser(), "pid": os.getpid(), "ppid": os.getppid()}
+
+    # run_as_user is the task's principal: the WinRM logon already is it, so never sudo
+    task(task_id="as_alice_at_realm", run_as_user="alice@WINEXEC.TEST")(whoami)()
+    task(task_id="as_alice", run_as_user="alice")(whoami)()
+    task(task_id="as_anyone")(whoami)()  # the test sets [core] default_impersonation for this one
+
     pull(push())
     fail()
     sleepy()

@@ -17,6 +17,14 @@ Each shim is a no-op where the name exists (POSIX), so behaviour there is unchan
   only ``ValueError``, so on Windows every DAG import fails with ``AttributeError``.
   :func:`install_runner` sets ``[core] dagbag_import_timeout = 0`` there (the importer then skips
   the alarm); the agent bounds the whole task from outside anyway.
+* ``run_as_user`` / ``[core] default_impersonation`` (task process only): ``task_runner.startup``
+  re-executes itself through ``sudo -u <user>`` when that name differs from ``getuser()``. On a
+  Windows host the WinRM logon already is the task's identity (the executor chose the principal
+  from ``run_as_user``), and there is no ``sudo``: :func:`install_runner` sets the SDK's own
+  "already re-executed" flag, ``_AIRFLOW__REEXECUTED_PROCESS=1``, without a stored startup
+  message, so the runner reads its startup message from the supervisor as usual and never
+  re-executes. (The same flag makes ``airflow.settings`` skip the ORM, which the task process
+  must not use anyway.)
 """
 
 from __future__ import annotations
@@ -105,11 +113,14 @@ def install_fcntl() -> bool:
 
 
 def install_runner() -> list[str]:
-    """Everything the task process needs: :func:`install`, :func:`install_fcntl`, no SIGALRM timeout."""
+    """Everything the task process needs: :func:`install`, :func:`install_fcntl`, no SIGALRM
+    timeout, no ``sudo`` re-exec for ``run_as_user``."""
     added = install()
     if install_fcntl():
         added.append("fcntl")
     if not hasattr(signal, "SIGALRM"):
         os.environ["AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT"] = "0"
         added.append("dagbag_import_timeout=0")
+    os.environ.pop("_AIRFLOW__STARTUP_MSG", None)
+    os.environ["_AIRFLOW__REEXECUTED_PROCESS"] = "1"  # the logon is the identity: never sudo
     return added

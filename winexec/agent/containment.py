@@ -2,8 +2,16 @@
 
 Windows: a Job Object with ``JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE``; every descendant inherits the
 job, ``TerminateJobObject`` kills them all, and if the agent itself dies the handle closes and
-Windows kills the tree. The launched process is assigned right after ``CreateProcess``; the
-runner is a Python interpreter that starts nothing in its first milliseconds.
+Windows kills the tree. The task process never runs outside the job: it is created suspended
+(``CREATE_SUSPENDED | CREATE_NEW_PROCESS_GROUP``), :meth:`Containment.adopt` creates the job,
+``AssignProcessToJobObject`` puts the process in it, and only then are its threads resumed. In a
+venv, ``python.exe`` is a launcher that starts the real interpreter as its child; a launcher
+assigned after it ran could have started that child outside the job. If the job cannot be made,
+the assignment fails or the resume fails, the process is killed (it has run no code) and the
+error raised. Stopping politely is ``CTRL_BREAK_EVENT`` to the task's process group (the root
+pid, thanks to ``CREATE_NEW_PROCESS_GROUP``); the runner routes the resulting ``SIGBREAK`` to the
+Task SDK's ``SIGTERM`` handler, so the operator's ``on_kill`` runs. Killing terminates the job.
+All calls into kernel32 go through :class:`_JobObject`, whose function table is one argument.
 
 POSIX: ``Popen(start_new_session=True)`` (done in C by ``_posixsubprocess``, so it still works
 where the stand-in removed ``os.setsid``/``os.setpgid``), then the tree is found with psutil --
@@ -14,11 +22,13 @@ re-parented after their parent died. ``os.killpg`` is not used.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
+from ctypes import wintypes
 from typing import Any
 
 try:
@@ -28,88 +38,109 @@ except ImportError:  # pragma: no cover - the Task SDK requires psutil
 
 IS_WINDOWS = sys.platform == "win32"
 
+#: ``CreateProcess`` flags (``subprocess`` has the first on Windows only, the second nowhere).
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_SUSPENDED = 0x00000004
+#: ``signal.CTRL_BREAK_EVENT`` exists on Windows only; the value is the Win32 constant.
+CTRL_BREAK_EVENT: int = getattr(signal, "CTRL_BREAK_EVENT", 1)
 
-class _JobObject:  # pragma: no cover - exercised on Windows only
-    """Minimal ctypes wrapper: create, set kill-on-close, assign, terminate, close."""
+
+class _BASIC_LIMIT(ctypes.Structure):
+    """``JOBOBJECT_BASIC_LIMIT_INFORMATION``; DWORDs are spelled 32-bit so the layout is Windows'
+    on every platform (``wintypes.DWORD`` is ``c_ulong``, 64-bit on Linux)."""
+
+    _fields_ = [
+        ("PerProcessUserTimeLimit", ctypes.c_int64),
+        ("PerJobUserTimeLimit", ctypes.c_int64),
+        ("LimitFlags", ctypes.c_uint32),
+        ("MinimumWorkingSetSize", ctypes.c_size_t),
+        ("MaximumWorkingSetSize", ctypes.c_size_t),
+        ("ActiveProcessLimit", ctypes.c_uint32),
+        ("Affinity", ctypes.c_size_t),
+        ("PriorityClass", ctypes.c_uint32),
+        ("SchedulingClass", ctypes.c_uint32),
+    ]
+
+
+class _IO_COUNTERS(ctypes.Structure):
+    _fields_ = [
+        (n, ctypes.c_uint64)
+        for n in (
+            "ReadOperationCount",
+            "WriteOperationCount",
+            "OtherOperationCount",
+            "ReadTransferCount",
+            "WriteTransferCount",
+            "OtherTransferCount",
+        )
+    ]
+
+
+class _EXTENDED_LIMIT(ctypes.Structure):
+    """``JOBOBJECT_EXTENDED_LIMIT_INFORMATION`` (144 bytes on x64, 112 on x86)."""
+
+    _fields_ = [
+        ("BasicLimitInformation", _BASIC_LIMIT),
+        ("IoInfo", _IO_COUNTERS),
+        ("ProcessMemoryLimit", ctypes.c_size_t),
+        ("JobMemoryLimit", ctypes.c_size_t),
+        ("PeakProcessMemoryUsed", ctypes.c_size_t),
+        ("PeakJobMemoryUsed", ctypes.c_size_t),
+    ]
+
+
+def _load_kernel32() -> Any:  # pragma: no cover - Windows only
+    """kernel32 with the prototypes :class:`_JobObject` uses (``ctypes.WinDLL`` is Windows-only)."""
+    k32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    k32.CreateJobObjectW.restype = wintypes.HANDLE
+    k32.CreateJobObjectW.argtypes = [ctypes.c_void_p, wintypes.LPCWSTR]
+    k32.SetInformationJobObject.restype = wintypes.BOOL
+    k32.SetInformationJobObject.argtypes = [wintypes.HANDLE, ctypes.c_int, ctypes.c_void_p, wintypes.DWORD]
+    k32.AssignProcessToJobObject.restype = wintypes.BOOL
+    k32.AssignProcessToJobObject.argtypes = [wintypes.HANDLE, wintypes.HANDLE]
+    k32.TerminateJobObject.restype = wintypes.BOOL
+    k32.TerminateJobObject.argtypes = [wintypes.HANDLE, wintypes.UINT]
+    k32.CloseHandle.restype = wintypes.BOOL
+    k32.CloseHandle.argtypes = [wintypes.HANDLE]
+    return k32
+
+
+def _win_error(call: str) -> OSError:
+    """The ``OSError`` for a failed kernel32 ``call`` (``winerror`` set on Windows)."""
+    code = int(getattr(ctypes, "get_last_error", lambda: 0)())
+    describe = getattr(ctypes, "FormatError", None)
+    text = describe(code).strip() if describe is not None and code else f"error {code}"
+    return OSError(None, f"{call} failed: {text}", None, code)
+
+
+class _JobObject:
+    """The kernel32 boundary: create (kill-on-close), assign, terminate, close.
+
+    ``k32`` is the function table -- ``None`` loads the real kernel32; tests pass a fake.
+    """
 
     JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x2000
     JobObjectExtendedLimitInformation = 9
 
-    def __init__(self) -> None:
-        import ctypes
-        from ctypes import wintypes
-
-        class BASIC(ctypes.Structure):
-            _fields_ = [
-                ("PerProcessUserTimeLimit", ctypes.c_int64),
-                ("PerJobUserTimeLimit", ctypes.c_int64),
-                ("LimitFlags", wintypes.DWORD),
-                ("MinimumWorkingSetSize", ctypes.c_size_t),
-                ("MaximumWorkingSetSize", ctypes.c_size_t),
-                ("ActiveProcessLimit", wintypes.DWORD),
-                ("Affinity", ctypes.c_size_t),
-                ("PriorityClass", wintypes.DWORD),
-                ("SchedulingClass", wintypes.DWORD),
-            ]
-
-        class IO_COUNTERS(ctypes.Structure):
-            _fields_ = [
-                (n, ctypes.c_uint64)
-                for n in (
-                    "ReadOperationCount",
-                    "WriteOperationCount",
-                    "OtherOperationCount",
-                    "ReadTransferCount",
-                    "WriteTransferCount",
-                    "OtherTransferCount",
-                )
-            ]
-
-        class EXTENDED(ctypes.Structure):
-            _fields_ = [
-                ("BasicLimitInformation", BASIC),
-                ("IoInfo", IO_COUNTERS),
-                ("ProcessMemoryLimit", ctypes.c_size_t),
-                ("JobMemoryLimit", ctypes.c_size_t),
-                ("PeakProcessMemoryUsed", ctypes.c_size_t),
-                ("PeakJobMemoryUsed", ctypes.c_size_t),
-            ]
-
-        k32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
-        k32.CreateJobObjectW.restype = wintypes.HANDLE
-        k32.CreateJobObjectW.argtypes = [ctypes.c_void_p, wintypes.LPCWSTR]
-        k32.SetInformationJobObject.restype = wintypes.BOOL
-        k32.SetInformationJobObject.argtypes = [
-            wintypes.HANDLE,
-            ctypes.c_int,
-            ctypes.c_void_p,
-            wintypes.DWORD,
-        ]
-        k32.AssignProcessToJobObject.restype = wintypes.BOOL
-        k32.AssignProcessToJobObject.argtypes = [wintypes.HANDLE, wintypes.HANDLE]
-        k32.TerminateJobObject.restype = wintypes.BOOL
-        k32.TerminateJobObject.argtypes = [wintypes.HANDLE, wintypes.UINT]
-        k32.CloseHandle.restype = wintypes.BOOL
-        k32.CloseHandle.argtypes = [wintypes.HANDLE]
-        self._ctypes = ctypes
-        self._k32 = k32
-        handle = k32.CreateJobObjectW(None, None)
+    def __init__(self, k32: Any = None) -> None:
+        self._k32 = _load_kernel32() if k32 is None else k32
+        handle = self._k32.CreateJobObjectW(None, None)
         if not handle:
-            raise ctypes.WinError(ctypes.get_last_error())  # type: ignore[attr-defined]
+            raise _win_error("CreateJobObjectW")
         self._handle: int | None = handle
-        info = EXTENDED()
+        info = _EXTENDED_LIMIT()
         info.BasicLimitInformation.LimitFlags = self.JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
-        if not k32.SetInformationJobObject(
+        if not self._k32.SetInformationJobObject(
             handle, self.JobObjectExtendedLimitInformation, ctypes.byref(info), ctypes.sizeof(info)
         ):
-            err = ctypes.get_last_error()  # type: ignore[attr-defined]
-            k32.CloseHandle(handle)
-            raise ctypes.WinError(err)  # type: ignore[attr-defined]
+            err = _win_error("SetInformationJobObject")
+            self.close()
+            raise err
 
     def assign(self, proc: subprocess.Popen[Any]) -> None:
         handle = int(proc._handle)  # type: ignore[attr-defined]
         if not self._k32.AssignProcessToJobObject(self._handle, handle):
-            raise self._ctypes.WinError(self._ctypes.get_last_error())  # type: ignore[attr-defined]
+            raise _win_error("AssignProcessToJobObject")
 
     def terminate(self, code: int = 1) -> None:
         if self._handle:
@@ -119,6 +150,22 @@ class _JobObject:  # pragma: no cover - exercised on Windows only
         if self._handle:
             self._k32.CloseHandle(self._handle)
             self._handle = None
+
+
+def _resume_process(pid: int) -> None:
+    """Resume the threads of a process created suspended (Windows).
+
+    psutil's ``Process.resume()`` is ``NtResumeProcess``: every thread's suspend count drops by one,
+    so the primary thread of a ``CREATE_SUSPENDED`` process (count 1, the only thread) starts.
+    ``Popen`` closed the thread handle ``CreateProcess`` returned, so there is no ``ResumeThread``
+    handle to hand.
+    """
+    if psutil is None:  # pragma: no cover - the Task SDK requires psutil
+        raise OSError(f"cannot resume process {pid}: psutil is not installed")
+    try:
+        psutil.Process(pid).resume()
+    except psutil.Error as e:
+        raise OSError(f"cannot resume process {pid}: {e}") from e
 
 
 class Containment:
@@ -132,19 +179,36 @@ class Containment:
     # -- launch ---------------------------------------------------------------------------
     @staticmethod
     def popen_kwargs() -> dict[str, Any]:
-        """Arguments for ``subprocess.Popen`` that put the child in its own group/session."""
-        if IS_WINDOWS:  # pragma: no cover
-            return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
+        """Arguments for ``subprocess.Popen`` that put the child in its own group/session.
+
+        On Windows the child is created suspended: :meth:`adopt` must follow, or it never runs.
+        """
+        if IS_WINDOWS:
+            return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_SUSPENDED}
         return {"start_new_session": True}
 
     def adopt(self, proc: subprocess.Popen[Any]) -> None:
-        """Take the freshly started ``proc`` (and everything it will start) into the container."""
+        """Take the freshly started ``proc`` (and everything it will start) into the container.
+
+        Windows: job, assign, then resume; on any failure the never-run process is killed, the job
+        closed and the error raised.
+        """
         self._proc = proc
-        if IS_WINDOWS:  # pragma: no cover
-            self._job = _JobObject()
-            self._job.assign(proc)
-        else:
+        if not IS_WINDOWS:
             self.snapshot()
+            return
+        job: _JobObject | None = None
+        try:
+            job = _JobObject()
+            job.assign(proc)
+            _resume_process(proc.pid)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                proc.kill()  # TerminateProcess: still suspended, it has run no code
+            if job is not None:
+                job.close()  # kill-on-close: nothing is left in it either way
+            raise
+        self._job = job
 
     @property
     def pid(self) -> int | None:
@@ -185,10 +249,22 @@ class Containment:
 
     # -- stopping -------------------------------------------------------------------------
     def terminate(self) -> None:
-        """Ask politely: SIGTERM to every process of the tree (Windows: end the root process)."""
+        """Ask politely: SIGTERM to every process of the tree.
+
+        Windows: ``CTRL_BREAK_EVENT`` to the task's process group (its root pid), which every
+        process of the group sharing the agent's console receives; the runner makes it the SDK's
+        ``SIGTERM`` (``on_kill``). Where it cannot be delivered (no console shared with the task),
+        there is no polite way: the job is terminated at once rather than after a useless grace.
+        """
         if self._proc is None:
             return
-        if IS_WINDOWS or psutil is None:  # pragma: no cover
+        if IS_WINDOWS:
+            try:
+                self._proc.send_signal(CTRL_BREAK_EVENT)
+            except OSError:
+                self.kill()
+            return
+        if psutil is None:  # pragma: no cover
             with contextlib.suppress(OSError):
                 self._proc.terminate()
             return
@@ -201,7 +277,7 @@ class Containment:
         """Kill the whole tree now. Safe to call repeatedly and from any thread."""
         if self._proc is None:
             return
-        if self._job is not None:  # pragma: no cover
+        if self._job is not None:  # Windows: TerminateJobObject, every process of the job
             self._job.terminate()
             return
         if psutil is None:  # pragma: no cover
@@ -228,6 +304,6 @@ class Containment:
 
     def close(self) -> None:
         """Release the container (Windows: closing the job kills anything left in it)."""
-        if self._job is not None:  # pragma: no cover
+        if self._job is not None:
             self._job.close()
             self._job = None

@@ -13,6 +13,7 @@ import argparse
 import atexit
 import contextlib
 import os
+import signal
 import socket
 import sys
 from typing import Any, NoReturn
@@ -58,6 +59,33 @@ def _flag_execution_start() -> None:
     task_runner._execute_task = _execute_task
 
 
+def _route_sigbreak(sig: Any = signal) -> bool:
+    """Make ``SIGBREAK`` (Windows' ``CTRL_BREAK_EVENT``) do whatever ``SIGTERM`` is set to do.
+
+    The agent stops a task politely with ``CTRL_BREAK_EVENT`` to its process group, because
+    Windows cannot send ``SIGTERM``; the Task SDK installs the handler that calls the operator's
+    ``on_kill`` for ``SIGTERM`` only (``signal.signal(signal.SIGTERM, _on_term)`` in
+    ``task_runner._run_task_and_map_outcome``, after a function-local ``import signal``). So
+    ``sig.signal`` is wrapped: setting ``SIGTERM``'s handler sets ``SIGBREAK``'s too. A no-op
+    (``False``) where there is no ``SIGBREAK``: POSIX is unchanged.
+    """
+    brk = getattr(sig, "SIGBREAK", None)
+    if brk is None or getattr(sig.signal, "__winexec_sigbreak__", False):
+        return False
+    original = sig.signal
+
+    def _signal(signalnum: Any, handler: Any) -> Any:
+        previous = original(signalnum, handler)
+        if signalnum == sig.SIGTERM:
+            with contextlib.suppress(ValueError, OSError):
+                original(brk, handler)
+        return previous
+
+    _signal.__winexec_sigbreak__ = True  # type: ignore[attr-defined]
+    sig.signal = _signal
+    return True
+
+
 def _say_where() -> None:
     """First line of the task's log: which host and which Windows identity (and principal) ran it."""
     import structlog
@@ -93,6 +121,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     reset_logging()
     configure_logging(json_output=True, output=log_io, sending_to_supervisor=True)
     _bind_comms(comm)
+    _route_sigbreak()
     _say_where()
     _flag_execution_start()
 

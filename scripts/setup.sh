@@ -20,10 +20,10 @@ fi
 PY="${PYTHON:-python3}"
 stamp=".venv/.stamp-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-    echo "setup: creating .venv and installing winexec[test,bench]"
+    echo "setup: creating .venv and installing winexec[scheduler,test,bench]"
     [ -x .venv/bin/python ] || "$PY" -m venv .venv
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[test,bench]'
+    .venv/bin/pip install -q -e '.[scheduler,test,bench]'
     rm -f .venv/.stamp-*
     touch "$stamp"
 fi

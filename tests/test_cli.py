@@ -206,7 +206,7 @@ def test_check_python_missing_and_bad_settings(
     assert code == 1
     fail = [ln for ln in _lines(out) if ln.startswith("[FAIL]")]
     assert len(fail) == 1 and fail[0].startswith("[FAIL] agent self-check"), out
-    assert "'no-such-python.exe' is not found on" in out and "fix: install Python with winexec[agent]" in out
+    assert "'no-such-python.exe' is not found on" in out and "fix: install Python with winexec" in out
 
     monkeypatch.setenv("AIRFLOW__WINEXEC__READ_TIMEOUT", "soon")
     code, out = _run(cli.check_command, capsys, output="table")

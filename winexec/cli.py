@@ -270,7 +270,7 @@ def _fix_for(err: Any, settings: Settings) -> str:
         "unreachable": "start WinRM (winrm quickconfig), open TCP 5985/5986 in the firewall, "
         "check [winexec] hosts",
         "auth": "add the principal to Remote Management Users on the host; check the SPN and keytab",
-        "python_missing": f"install Python with winexec[agent] on the host or set [winexec] python "
+        "python_missing": f"install Python with winexec on the host or set [winexec] python "
         f"(now {settings.python!r}) to its full path",
         "full": "raise the host's WinRM quotas (MaxShellsPerUser, MaxConcurrentOperationsPerUser)",
         "ticket": "see the ticket error; fix the keytab or the KDC",
@@ -288,7 +288,7 @@ def _self_check_steps(info: dict[str, Any], host: HostSpec, principal: str, dele
             bool(info.get("ok")),
             f"Python {info.get('python')}, Task SDK {info.get('task_sdk')}, winexec {info.get('winexec')} "
             f"({info.get('executable')})" + (f"; {missing}" if missing else ""),
-            fix="" if info.get("ok") else "pip install winexec[agent] for that interpreter on the host",
+            fix="" if info.get("ok") else "pip install winexec for that interpreter on the host",
             host=host.name,
             principal=principal,
         )

@@ -154,7 +154,7 @@ OPTIONS: tuple[Option, ...] = (
         "python",
         "string",
         "python.exe",
-        "The Python interpreter on the hosts that has ``winexec[agent]`` installed; it runs "
+        "The Python interpreter on the hosts that has ``winexec`` installed; it runs "
         "``<python> -m winexec.agent``.",
         r"C:\Python312\python.exe",
     ),

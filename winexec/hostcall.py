@@ -97,7 +97,7 @@ class HostChannel:
         tail = "; ".join(errors[-3:] or out[-3:]) or "no output"
         raise AgentFailure(
             f"`{python} -m winexec.agent {mode}` on {self.host.name} gave no answer: {tail[:500]}; "
-            "check that winexec[agent] is installed for that interpreter"
+            "check that winexec is installed for that interpreter"
         )
 
     def close(self) -> None:

@@ -872,7 +872,7 @@ def python_missing_reason(errors: list[str], host: HostSpec, python: str) -> str
     text = " ".join(errors)
     if "is not recognized" in text or "CommandNotFound" in text or "not recognized as the name" in text:
         return (
-            f"{python!r} is not found on {host.name}: install Python with winexec[agent] there, "
+            f"{python!r} is not found on {host.name}: install Python with winexec there, "
             "or set [winexec] python to the interpreter's full path"
         )
     return None

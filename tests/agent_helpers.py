@@ -113,7 +113,7 @@ class AgentProc:
         parts = [b"".join(self.raw[-10:]).decode(errors="replace")]
         with contextlib.suppress(OSError):
             parts.append("--- stderr ---\n" + self.stderr_path.read_text(errors="replace")[-3000:])
-        logs = [*self.spool.glob("*.log"), *([self.task_log] if self.task_log else [])]
+        logs = [*self.spool.glob("*/*.log"), *([self.task_log] if self.task_log else [])]
         for log in logs:
             with contextlib.suppress(OSError):
                 parts.append(f"--- {log.name} ---\n" + log.read_text(errors="replace")[-4000:])

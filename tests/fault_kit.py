@@ -34,8 +34,8 @@ def make_executor(
     return ex
 
 
-def host_python(path: Path, env: Mapping[str, str], spool: Path, *, lite: bool = False) -> Path:
-    """The interpreter "installed on every host"; each host keeps its run markers in its own spool.
+def host_python(path: Path, env: Mapping[str, str], *, lite: bool = False) -> Path:
+    """The interpreter "installed on every host" (each keeps its runs in its own ProgramData).
 
     ``lite``: the agent's run mode is :mod:`winexec.testing.lite_agent` (the real agent around a
     tiny task) instead of a Task SDK run.
@@ -46,10 +46,7 @@ def host_python(path: Path, env: Mapping[str, str], spool: Path, *, lite: bool =
         if lite
         else ""
     )
-    path.write_text(
-        f"#!/bin/sh\n{exports}export WINEXEC_SPOOL='{spool}'/\"$COMPUTERNAME\"\n"
-        f"{lite_line}exec '{sys.executable}' \"$@\"\n"
-    )
+    path.write_text(f"#!/bin/sh\n{exports}{lite_line}exec '{sys.executable}' \"$@\"\n")
     path.chmod(0o755)
     return path
 

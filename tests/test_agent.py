@@ -279,7 +279,9 @@ def test_status_and_stop_by_run_id_and_no_token_on_any_command_line(runner: Runn
     assert _gone([facts["pid"], facts["child"]])
     # Nothing the agent logged carries the token either.
     assert token not in b"".join(agent.raw).decode()
-    for f in runner.spool.iterdir():
+    files = [f for f in runner.spool.rglob("*") if f.is_file()]
+    assert any(f.suffix == ".json" for f in files), files  # the run's record, in its principal's folder
+    for f in files:
         assert token not in f.read_text(errors="replace")
 
 

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -173,9 +174,70 @@ def test_spool_claim_is_keyed_by_try_and_launch_key(work: Path) -> None:
         assert re.fullmatch(r"[A-Za-z0-9.-]+", path.name) and len(path.name) < 120, path.name
 
 
-def test_spool_dir_honours_env(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_spool_dir_is_this_principals_own_folder_in_the_run_folder(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WINEXEC_SPOOL", str(work / "s"))
-    assert spool.spool_dir() == work / "s" and (work / "s").is_dir()
+    monkeypatch.setenv("USERDOMAIN", "CORP")
+    monkeypatch.setenv("USERNAME", "alice")
+    with pytest.raises(spool.SpoolError, match=r"does not exist; an administrator creates it once"):
+        spool.spool_dir()
+    assert spool.prepare_root() == work / "s" and stat.S_IMODE((work / "s").stat().st_mode) == 0o1777
+    mine = spool.spool_dir()
+    assert mine == work / "s" / "CORP-alice" and stat.S_IMODE(mine.stat().st_mode) == 0o700
+    mine.chmod(0o755)  # loosened by someone: made private again on the next start
+    assert stat.S_IMODE(spool.spool_dir().stat().st_mode) == 0o700
+    (work / "s").chmod(0o777)  # writable by all without the sticky bit: anyone could remove entries
+    with pytest.raises(spool.SpoolError, match=r"without the sticky bit.*chmod \+t"):
+        spool.spool_dir()
+
+
+def test_the_agent_sets_a_private_acl_on_windows(monkeypatch: pytest.MonkeyPatch, work: Path) -> None:
+    """Windows: the principal's folder gets inheritance removed and full control for SYSTEM,
+    Administrators and the account only; the run folder lets Users add and read entries, and
+    each entry belongs to its creator. Run through icacls (its argv checked here)."""
+    calls: list[list[str]] = []
+
+    def run(argv: list[str], **kw: Any) -> Any:
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(spool, "IS_WINDOWS", True)
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setenv("WINEXEC_SPOOL", str(work / "runs"))
+    monkeypatch.setenv("SystemRoot", "C:\\Windows")
+    monkeypatch.setenv("USERDOMAIN", "CORP")
+    monkeypatch.setenv("USERNAME", "alice")
+    spool.prepare_root()
+    assert [c[2:] for c in calls] == [
+        [
+            "/inheritance:r",
+            "/grant:r",
+            "*S-1-5-18:(OI)(CI)F",
+            "*S-1-5-32-544:(OI)(CI)F",
+            "*S-1-3-0:(OI)(CI)(IO)F",
+            "*S-1-5-32-545:(RD,WD,AD,REA,X,RA,RC,S)",
+        ],
+        ["/grant", "*S-1-5-32-545:(OI)(NP)(IO)R"],
+    ]
+    calls.clear()
+    mine = spool.spool_dir()
+    assert calls == [
+        [
+            os.path.join("C:\\Windows", "System32", "icacls.exe"),
+            str(mine),
+            "/inheritance:r",
+            "/grant:r",
+            "*S-1-5-18:(OI)(CI)F",
+            "*S-1-5-32-544:(OI)(CI)F",
+            "CORP\\alice:(OI)(CI)F",
+        ]
+    ]
+    monkeypatch.setattr(
+        subprocess, "run", lambda argv, **kw: subprocess.CompletedProcess(argv, 5, "", "Access is denied.")
+    )
+    with pytest.raises(spool.SpoolError, match=r"cannot set the ACL of .*Access is denied"):
+        spool.spool_dir()  # a folder of that name another account made first
 
 
 # -- the CLI contract --------------------------------------------------------------------------
@@ -283,27 +345,42 @@ def test_the_agent_imports_only_the_task_sdk_of_airflow() -> None:
             assert mod.startswith("airflow.sdk"), f"{path.name} imports {mod}"
 
 
-def test_admission_ranks_live_runs_of_this_computer_by_claim_time(tmp_path: Path) -> None:
-    from winexec.agent import spool
+def test_admission_ranks_live_agents_of_this_computer_by_claim_time(tmp_path: Path) -> None:
+    """Slot entries of live agents count, each agent once at its earliest entry; entries of
+    finished runs are gone, a dead agent's and another computer's do not count, a fresh entry
+    still being written counts as ahead, an old unreadable one (junk) does not."""
+    me = psutil.Process()
+    mine = (me.pid, me.create_time())
 
-    def marker(name: str, started: float, **data: Any) -> spool.Marker:
-        body = {"run_id": name, "started": started, "state": "running", "computer": "WIN01", "agent_pid": 1}
-        body.update(data)
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps(body))
-        return spool.Marker(path, body)
+    def marker(name: str, started: float) -> spool.Marker:
+        body = {"run_id": name, "started": started, "computer": "WIN01"}
+        return spool.Marker(tmp_path / f"{name}.json", body)
 
-    alive = lambda pid, ct=None: pid == 1  # noqa: E731
-    first = marker("a", 1.0)
-    second = marker("b", 2.0)
-    marker("done", 0.5, state="success", finished=3.0)  # finished: frees its slot
-    marker("dead", 0.6, agent_pid=2)  # its agent is gone
-    marker("elsewhere", 0.7, computer="WIN02")  # another host's marker in a shared spool
-    assert spool.admitted(first, 1, alive, tmp_path)
-    assert not spool.admitted(second, 1, alive, tmp_path)
-    assert spool.admitted(second, 2, alive, tmp_path)
-    (tmp_path / "being-written.json").write_text("")  # claimed, not yet written: counts as ahead
-    assert not spool.admitted(first, 1, alive, tmp_path)
+    def entry(name: str, started: float, agent: tuple[Any, Any], computer: str = "WIN01") -> Path:
+        path = tmp_path / f"{name}.slot"
+        body = {"run_id": name, "started": started, "computer": computer}
+        path.write_text(json.dumps({**body, "agent_pid": agent[0], "agent_create_time": agent[1]}))
+        return path
+
+    other = (os.getppid(), psutil.Process(os.getppid()).create_time())  # a live agent, not us
+    alive = lambda pid, ct: psutil.pid_exists(pid)  # noqa: E731
+    entry("ahead", 1.0, other)
+    entry("dead", 0.5, (2**22 + 7, 1.0))
+    entry("elsewhere", 0.6, other, computer="WIN02")
+    entry("forged-for-the-other", 0.7, other)  # another entry for the same agent: still one
+    first = marker("first", 2.0)
+    assert not spool.take_slot(first, 1, alive, tmp_path)
+    assert "slot" not in first.data and not list(tmp_path.glob("*first*"))  # backed off, entry gone
+    assert spool.take_slot(first, 2, alive, tmp_path)
+    assert mine in {(d["agent_pid"], d["agent_create_time"]) for d in spool.slot_entries(tmp_path)}
+    spool.release_slot(first)
+    assert mine not in {(d["agent_pid"], d["agent_create_time"]) for d in spool.slot_entries(tmp_path)}
+    junk = tmp_path / "junk.slot"
+    junk.write_text("{not json")
+    again = marker("again", 4.0)
+    assert not spool.take_slot(again, 2, alive, tmp_path)  # fresh: maybe still being written
+    os.utime(junk, (time.time() - 60, time.time() - 60))
+    assert spool.take_slot(again, 2, alive, tmp_path)  # old junk counts for nothing
 
 
 # -- file names on the host --------------------------------------------------------------------

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from winexec import cli
@@ -32,7 +33,6 @@ from winexec.testing.world import host_entry, host_python, hosts_option
 class Env:
     realm: Realm
     cluster: SimCluster
-    spool: Path
     env: dict[str, str]
 
     def host_entry(self, i: int, name: str | None = None) -> str:
@@ -43,16 +43,13 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("cli")
-    share(tmp, writable=True)  # the hosts' Airflow home, logs and spool: folders all principals use
-    spool = tmp / "host-spool"
-    spool.mkdir()
+    share(tmp, writable=True)  # the hosts' Airflow home and logs: folders all principals use
     with running_cluster(tmp / "realm", 2, ("airflow", "alice")) as (realm, cluster):
         python = host_python(
             tmp / "host-python",
             {
                 "AIRFLOW_HOME": str(tmp / "host-home"),
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(tmp / "host-logs"),
-                "WINEXEC_SPOOL": str(spool),
             },
         )
         default, alice = realm.principal("airflow"), realm.principal("alice")
@@ -72,7 +69,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         with pytest.MonkeyPatch.context() as mp:
             for k, v in values.items():
                 mp.setenv(k, v)
-            yield Env(realm, cluster, spool, values)
+            yield Env(realm, cluster, values)
 
 
 def _args(**kw: Any) -> argparse.Namespace:
@@ -94,29 +91,31 @@ def _run(fn: Any, capsys: pytest.CaptureFixture[str], **kw: Any) -> tuple[int, s
 # -- hosts ---------------------------------------------------------------------------------
 def test_hosts_shows_health_slots_and_running_tasks(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     win01 = env.cluster.hosts[0]
-    # a run the agent on WIN01 is running (its agent process: this one, alive)
-    marker = {
+    runs = win01.program_data / "winexec" / "runs"
+    # a run another principal's agent on WIN01 is running (its agent process: this one, alive):
+    # its slot entry is all the CLI's principal may read of it
+    me = psutil.Process()
+    entry = {
         "run_id": "r1",
-        "ti_id": "t1",
-        "try_number": 1,
-        "agent_pid": os.getpid(),
-        "state": "running",
+        "agent_pid": me.pid,
+        "agent_create_time": me.create_time(),
         "computer": win01.short_name.upper(),
-        "task": "etl.load manual__1",
+        "principal": "WINEXEC\\bob",
+        "started": time.time(),
     }
-    path = env.spool / "t1.try1.json"
-    path.write_text(json.dumps(marker))
-    finished = {**marker, "run_id": "r0", "state": "success", "finished": time.time()}
-    (env.spool / "t0.try1.json").write_text(json.dumps(finished))
+    path = runs / "r1.slot"
+    path.write_text(json.dumps(entry))
+    (runs / "r0.slot").write_text(json.dumps({**entry, "run_id": "r0", "agent_pid": 2**22 + 1}))  # gone
     try:
         code, out = _run(cli.hosts_command, capsys)
     finally:
         path.unlink()
+        (runs / "r0.slot").unlink()
     rows = {r["host"]: r for r in json.loads(out)}
     assert code == 0, out
     one, two = rows[win01.name], rows[env.cluster.hosts[1].name]
     assert one["health"] == "ok" and one["slots"] == 3 and one["used"] == 1 and one["free"] == 2, one
-    assert one["running"] == ["etl.load manual__1"]
+    assert one["running"] == ["r1 (WINEXEC\\bob)"]
     assert two["health"] == "ok" and two["used"] == 0 and two["free"] == 3 and two["last_error"] == ""
 
 

@@ -47,6 +47,12 @@ def test_https_default_port_and_parameters() -> None:
     assert h.connect_address == "10.0.0.2"
 
 
+def test_a_host_entry_names_its_winrm_shell_quotas() -> None:
+    h = parse_host("http://win01.t?max_shells_per_user=30&max_users=10")
+    assert (h.max_shells_per_user, h.max_users) == (30, 10)
+    assert (parse_host("win01.t").max_shells_per_user, parse_host("win01.t").max_users) == (25, 5)
+
+
 def test_connect_address_override_keeps_name_for_spn() -> None:
     h = parse_host("http://win01.winexec.test:15985?address=127.0.0.1")
     assert h.name == "win01.winexec.test" and h.connect_address == "127.0.0.1" and h.port == 15985
@@ -63,6 +69,8 @@ def test_connect_address_override_keeps_name_for_spn() -> None:
         ("http://win01/wsman", "only scheme"),
         ("http://bad_name!", "host name"),
         ("http://win01?address=", "address"),
+        ("http://win01?max_shells_per_user=1", "max_shells_per_user must be at least 2"),
+        ("http://win01?max_users=none", "max_users must be a whole number"),
     ],
 )
 def test_bad_host_entries(entry: str, words: str) -> None:

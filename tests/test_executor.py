@@ -373,6 +373,34 @@ def test_only_as_many_tasks_accepted_as_slots(make_executor, transport) -> None:
     assert len(ex.running) == 1 and len(ex.queued_tasks) == 2
 
 
+def test_a_task_waits_for_the_shell_quota_of_its_principal_and_says_so(make_executor, transport) -> None:  # type: ignore[no-untyped-def]
+    """The host has slots left but MaxShellsPerUser allows one task shell per principal: the
+    second task of the same principal waits (the executor says for which quota, in its log and
+    its description) instead of being refused by the host, and runs once the first is done."""
+    ex = make_executor(hosts=(HostSpec("win01.t", slots=4, max_shells_per_user=2),))
+    first, second = _workload("t1"), _workload("t2")
+    transport.behaviour = {"win01.t": silent_script}
+    _queue(ex, first)
+    _run_until(ex, lambda: bool(transport.sessions))
+    transport.behaviour = {"win01.t": ok_script}
+    _queue(ex, second)
+    ex.heartbeat()
+    waits = ex.describe()["waiting"]
+    assert list(waits) == [str(second.ti.key)], waits
+    assert waits[str(second.ti.key)].startswith("win01.t: MaxShellsPerUser (2, 1 for tasks) for "), waits
+    for _ in range(20):
+        ex.heartbeat()
+        time.sleep(0.01)
+    assert len(transport.sessions) == 1 and transport.attempts == ["win01.t"]  # never refused: not tried
+    done = transport.sessions[0]
+    done.script.append(
+        PollResult(messages=[protocol.Exit(run_id=done.start.run_id, state="success", code=0)])
+    )
+    events = _run_until(ex, lambda: not ex.records)
+    assert _final(events, first.ti.key) == "success" and _final(events, second.ti.key) == "success", events
+    assert len(transport.sessions) == 2
+
+
 def test_polls_waiting_for_a_worker_are_not_a_silent_host(make_executor, transport) -> None:  # type: ignore[no-untyped-def]
     """More running tasks than I/O workers: a poll queued behind others is no sign of a dead host."""
     ex = make_executor(io_workers=1, heartbeat_interval=0.5, missed_heartbeats=3, start_timeout=0.0)
@@ -552,7 +580,7 @@ def test_host_refresh_applies_new_hosts(make_executor, transport, monkeypatch) -
 
 
 def test_sync_does_not_wait_for_slow_hosts(make_executor, transport) -> None:  # type: ignore[no-untyped-def]
-    ex = make_executor(hosts=(HostSpec("win01.t", slots=50),), io_workers=2)
+    ex = make_executor(hosts=(HostSpec("win01.t", slots=50, max_shells_per_user=60),), io_workers=2)
 
     def slow(start: protocol.Start) -> list[PollResult]:
         time.sleep(0.5)
@@ -586,7 +614,10 @@ def test_heartbeat_stays_fast_with_1000_running_tasks(make_executor, transport) 
     """
     n = 1000
     ex = make_executor(
-        hosts=(HostSpec("win01.t", slots=n), HostSpec("win02.t", slots=n)),
+        hosts=(
+            HostSpec("win01.t", slots=n, max_shells_per_user=n + 1),
+            HostSpec("win02.t", slots=n, max_shells_per_user=n + 1),
+        ),
         parallelism=2 * n,
         io_workers=16,
         heartbeat_interval=5.0,

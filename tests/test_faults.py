@@ -8,7 +8,7 @@ fault and asserts the exact outcome:
 
 * the final state of every task in the executor's event buffer, and the reason of a failure;
 * how many times each try really started, from the ledger the DAG's task writes on its first
-  line (``tests/fault_dags``) and from the agents' own run markers (per-host spool): never two;
+  line (``tests/fault_dags``) and from the agents' own run markers (each host's run folder): never two;
 * nothing left running on the hosts, and the executor's threads back to their baseline.
 """
 
@@ -67,7 +67,6 @@ class World:
     stack: AirflowStack
     python: Path
     ledger: Path
-    spool: Path
     settings: Settings
     made: list[WindowsKerberosExecutor] = field(default_factory=list)
 
@@ -116,11 +115,12 @@ class World:
         return ledger_starts(self.ledger, "run_id")
 
     def markers(self, ti_id: str) -> list[dict[str, Any]]:
-        """The agents' run markers of one task instance, over all hosts' spools."""
+        """The agents' run markers of one task instance, over all hosts' run folders."""
         safe = "".join(c for c in ti_id if c.isalnum() or c == "-")
         out = []
-        for path in sorted(self.spool.glob(f"*/{safe}.try*.json")):
-            out.append({**json.loads(path.read_text()), "host": path.parent.name})
+        for h in self.cluster.hosts:
+            for path in sorted((h.program_data / "winexec" / "runs").glob(f"*/{safe}.try*.json")):
+                out.append({**json.loads(path.read_text()), "host": h.short_name.upper()})
         return out
 
     def agents_running(self) -> list[dict[str, Any]]:
@@ -149,7 +149,7 @@ def queue_workloads(stack: AirflowStack, runs: list[str]) -> list[dict[str, Any]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("faults")
-    share(tmp, writable=True)  # the hosts' DAGs, logs, spool and ledger: folders all principals use
+    share(tmp, writable=True)  # the hosts' DAGs, logs and ledger: folders all principals use
     dags = tmp / "dags"
     dags.mkdir()
     shutil.copy(DAGS / "winexec_faults_dag.py", dags)
@@ -166,8 +166,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         host_env["AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT"] = "60"  # a loaded test machine is slow
         ledger = tmp / "ledger.jsonl"
         host_env["WINEXEC_FAULTS_LEDGER"] = str(ledger)
-        spool = tmp / "spool"
-        python = host_python(tmp / "host-python", host_env, spool)
+        python = host_python(tmp / "host-python", host_env)
         # what the scheduler's airflow.cfg would say: where tasks reach the API, where logs go
         os.environ["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = stack.execution_api_url
         os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(stack.log_folder)
@@ -193,7 +192,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             host_cooldown=3.0,
             host_refresh_interval=3600.0,
         )
-        w = World(realm, cluster, stack, python, ledger, spool, settings)
+        w = World(realm, cluster, stack, python, ledger, settings)
         try:
             yield w
         finally:

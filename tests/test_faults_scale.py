@@ -75,12 +75,12 @@ class Scale:
 @pytest.fixture(scope="module")
 def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
     tmp = tmp_path_factory.mktemp("scale")
-    share(tmp, writable=True)  # the hosts' spool and ledger: folders all principals use
+    share(tmp, writable=True)  # the hosts' ledger: a folder all principals use
     with running_cluster(tmp / "realm", HOSTS, ("airflow",), windows_like=True) as (realm, cluster):
-        ledger, spool = tmp / "ledger.jsonl", tmp / "spool"
+        ledger = tmp / "ledger.jsonl"
         env = {"WINEXEC_FAULTS_LEDGER": str(ledger)}
-        short = host_python(tmp / "python", {**env, "WINEXEC_LITE_SECONDS": "0.3-1.5"}, spool, lite=True)
-        long = host_python(tmp / "python-long", {**env, "WINEXEC_LITE_SECONDS": "25-30"}, spool, lite=True)
+        short = host_python(tmp / "python", {**env, "WINEXEC_LITE_SECONDS": "0.3-1.5"}, lite=True)
+        long = host_python(tmp / "python-long", {**env, "WINEXEC_LITE_SECONDS": "25-30"}, lite=True)
         settings = Settings(
             hosts=tuple(HostSpec(h.name, "http", h.http_port, SLOTS, h.address) for h in cluster.hosts),
             default_principal=realm.principal("airflow"),

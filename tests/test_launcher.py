@@ -68,7 +68,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("launcher")
-    share(tmp, writable=True)  # the hosts' DAGs, logs and spool: folders all principals use
+    share(tmp, writable=True)  # the hosts' DAGs and logs: folders all principals use
     dags = tmp / "dags"
     dags.mkdir()
     shutil.copy(DAGS / "winexec_e2e_dag.py", dags)
@@ -82,7 +82,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         stack.set_variable("winexec_e2e_var", "hello")
         env = stack.agent_env(tmp / "host-home")
         host_env = {k: env[k] for k in env if k.startswith("AIRFLOW")}
-        host_env["WINEXEC_SPOOL"] = str(tmp / "spool")
         host_env["AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT"] = "60"  # a loaded test machine is slow
         host_env["WINEXEC_E2E_SECOND_HOP"] = f"HTTP@{cluster.hosts[1].name}"
         python = host_python(tmp / "host-python", host_env)

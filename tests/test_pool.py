@@ -148,3 +148,26 @@ def test_unknown_host_events_are_ignored() -> None:
     pool.launch_succeeded("zz")
     pool.host_full("zz")
     assert [h["host"] for h in pool.describe()] == ["a"]
+
+
+def test_a_host_takes_no_more_of_a_principals_tasks_than_its_shell_quota_allows() -> None:
+    """Each task holds a WinRM shell as its principal; one is kept back for a log read."""
+    pool = HostPool([HostSpec("a", slots=10, max_shells_per_user=3)], clock=Clock())
+    assert pool.acquire("alice") is not None and pool.acquire("alice") is not None
+    assert pool.acquire("alice") is None  # a third shell would leave none for reading a log
+    assert "a: MaxShellsPerUser (3, 2 for tasks) for alice" in pool.waits("alice")
+    assert pool.acquire("bob") is not None  # another principal's shells are counted apart
+    pool.release("a", "alice")
+    assert pool.acquire("alice") is not None
+
+
+def test_a_host_takes_no_new_principal_once_its_user_quota_is_reached() -> None:
+    pool = HostPool([HostSpec("a", slots=10, max_users=2), HostSpec("b", slots=1)], clock=Clock())
+    assert pool.acquire("alice", exclude={"b"}).name == "a"  # type: ignore[union-attr]
+    assert pool.acquire("bob", exclude={"b"}).name == "a"  # type: ignore[union-attr]
+    assert pool.acquire("carol", exclude={"b"}) is None
+    assert pool.acquire("alice", exclude={"b"}) is not None  # a principal already there may add more
+    assert pool.acquire("carol").name == "b"  # type: ignore[union-attr]
+    assert pool.waits("dave") == "a: MaxConcurrentUsers (2: alice, bob); b: all 1 slot(s) taken"
+    pool.release("a", "bob")
+    assert pool.acquire("dave", exclude={"b"}).name == "a"  # type: ignore[union-attr]

@@ -22,6 +22,7 @@ from winexec.sim.testing import wsman
 PY = sys.executable
 # the stand-in's shared fixtures (tests/sim_fixtures.py)
 realm, sim = sim_fixtures.realm, sim_fixtures.sim
+SIM_PRINCIPALS = ("airflow", "alice")
 TICKER = "import time\nfor i in range(600):\n    print(i, flush=True)\n    time.sleep(0.1)\n"
 
 
@@ -67,6 +68,29 @@ def test_max_shells_per_user(realm: Realm, host: SimHost) -> None:
     pools[2].open()  # a freed slot is usable again
     for p in pools[1:]:
         p.close()
+
+
+def test_max_concurrent_users(realm: Realm, host: SimHost) -> None:
+    """Windows' defaults are the strictest a source reports (README "Limits and faults")."""
+    assert (Quotas().MaxShellsPerUser, Quotas().MaxConcurrentUsers, Quotas().MaxProcessesPerShell) == (
+        25,
+        5,
+        15,
+    )
+    host.quotas.MaxConcurrentUsers = 1
+    first = RunspacePool(wsman(host, realm, "airflow"))
+    first.open()
+    try:
+        with pytest.raises(WSManFaultError) as e:
+            RunspacePool(wsman(host, realm, "alice")).open()
+        assert e.value.code == 2150859179  # ERROR_WSMAN_QUOTA_MAX_SHELLUSERS (0x803381AB)
+        assert "maximum number of users concurrently performing remote operations" in str(e.value.reason)
+        with RunspacePool(wsman(host, realm, "airflow")):
+            pass  # a user already there may open more shells
+    finally:
+        first.close()
+    with RunspacePool(wsman(host, realm, "alice")):
+        pass  # the first user gone: room for another
 
 
 def test_receive_with_nothing_to_say_is_operation_timeout(realm: Realm, host: SimHost) -> None:

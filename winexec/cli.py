@@ -119,7 +119,7 @@ def host_rows(settings: Settings, principal: str | None = None) -> list[dict[str
             row.update(
                 used=used,
                 free=max(0, host.slots - used),
-                running=[str(r.get("task") or r.get("run_id")) for r in runs.get("runs") or []],
+                running=[_run_label(r) for r in runs.get("runs") or []],
             )
         except Exception as e:
             err = e if isinstance(e, LaunchError) else classify(e, host, principal)
@@ -132,6 +132,12 @@ def host_rows(settings: Settings, principal: str | None = None) -> list[dict[str
         return _parallel(probe, list(settings.hosts))
     finally:
         store.close()
+
+
+def _run_label(run: dict[str, Any]) -> str:
+    """The task, for the CLI principal's own runs; another principal's run id and principal only
+    (its record on the host is not ours to read)."""
+    return str(run.get("task") or f"{run.get('run_id')} ({run.get('principal')})")
 
 
 def ticket_rows(settings: Settings, principal: str | None = None) -> list[dict[str, Any]]:
@@ -277,6 +283,54 @@ def _fix_for(err: Any, settings: Settings) -> str:
     }.get(kind, "see the error; run python -m winexec.agent --self-check on the host")
 
 
+#: What a logon holds (the agent's ``tickets_seen``, read with klist) and what to do about it
+#: when a grants rule wants the principal's TGT forwarded there.
+_NOT_DELEGATED = {
+    "no TGT": (
+        "a grants rule says delegate, but the logon holds only the ticket it was accepted with: "
+        "no forwarded TGT arrived",
+        "clear 'Account is sensitive and cannot be delegated' on the principal in AD (the KDC then "
+        "issues it no forwardable TGT) and check that krb5.conf does not set enforce_ok_as_delegate; "
+        "the scheduler forwards the TGT itself, the host's computer account need not be trusted for "
+        "delegation",
+    ),
+    "TGT, not forwarded": (
+        "a grants rule says delegate, but the logon's TGT was not forwarded by the scheduler (an "
+        "endpoint with its own RunAs account?)",
+        "use the default Microsoft.PowerShell endpoint, or one without RunAsCredential",
+    ),
+    "no Kerberos logon": (
+        "the host accepted the logon with NTLM, not Kerberos: nothing can be delegated",
+        "connect by the host's name with its HTTP/<host> SPN registered (setspn -Q), not by address",
+    ),
+}
+
+
+def _delegation_step(info: dict[str, Any], host: HostSpec, principal: str, delegate: bool) -> Step:
+    """Whether the second hop the grants ask for can happen, as the host's klist sees the logon."""
+    seen = str(info.get("tickets_seen") or "unknown")
+    delegated = bool(info.get("delegated"))
+    if not delegate:
+        ok, fix = True, ""
+        detail = (
+            f"no TGT forwarded (no [winexec] grants rule says delegate for {principal}): a second hop "
+            "works only where the target service allows it by resource-based constrained delegation"
+        )
+        if delegated:
+            ok, detail = False, f"a forwarded TGT of {info.get('principal')} is there, though no rule asks"
+            fix = "report this: winexec forwards a TGT only where a grants rule says delegate"
+    elif delegated:
+        ok, fix = True, ""
+        who = info.get("principal")
+        detail = f"forwarded TGT of {who} arrived (a grants rule says delegate; the host's klist shows it)"
+    else:
+        ok = False
+        detail, fix = _NOT_DELEGATED.get(
+            seen, (f"a grants rule says delegate, but the host reports {seen!r}", "")
+        )
+    return Step("delegation", ok, detail, fix=fix, host=host.name, principal=principal)
+
+
 def _self_check_steps(info: dict[str, Any], host: HostSpec, principal: str, delegate: bool) -> list[Step]:
     def mib(n: Any) -> str:
         return f"{int(n) // (1024 * 1024)} MiB" if isinstance(n, int) else "unknown"
@@ -293,30 +347,7 @@ def _self_check_steps(info: dict[str, Any], host: HostSpec, principal: str, dele
             principal=principal,
         )
     ]
-    delegated = bool(info.get("delegated"))
-    if not delegate:
-        detail = (
-            f"no TGT forwarded (no [winexec] grants rule says delegate for {principal}): a second hop "
-            "works only where the target service allows it by resource-based constrained delegation"
-        )
-    elif delegated:
-        detail = f"forwarded TGT of {info.get('principal')} arrived (a grants rule says delegate)"
-    else:
-        detail = "a grants rule says delegate, but no forwarded TGT arrived"
-    steps.append(
-        Step(
-            "delegation",
-            delegated or not delegate,
-            detail,
-            fix=""
-            if delegated or not delegate
-            else "clear 'Account is sensitive and cannot be delegated' on the principal in AD (the KDC "
-            "then issues it no forwardable TGT); the scheduler forwards the TGT itself, the host's "
-            "computer account need not be trusted for delegation",
-            host=host.name,
-            principal=principal,
-        )
-    )
+    steps.append(_delegation_step(info, host, principal, delegate))
     mem, disk = info.get("memory_free"), info.get("disk_free")
     low = (isinstance(mem, int) and mem < 256 * 1024 * 1024) or (isinstance(disk, int) and disk < 1024**3)
     steps.append(

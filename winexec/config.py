@@ -59,12 +59,18 @@ OPTIONS: tuple[Option, ...] = (
         "string",
         "",
         "The Windows hosts, comma or newline separated. Each entry is ``[scheme://]name[:port]"
-        "[?slots=N&address=A&configuration=C]``: ``name`` is the host's FQDN (the Kerberos SPN is "
+        "[?slots=N&address=A&configuration=C&max_shells_per_user=N&max_users=N]``: ``name`` is the "
+        "host's FQDN (the Kerberos SPN is "
         "``HTTP/<name>``), scheme ``http`` (default, port 5985) or ``https`` (port 5986), ``slots`` how "
         "many tasks may run on it at once (default ``default_slots``), ``address`` where to connect "
         "instead of resolving ``name`` (the SPN still uses ``name``), ``configuration`` the PSRP "
         "endpoint (default ``Microsoft.PowerShell``, Windows PowerShell 5.1; ``PowerShell.7`` where "
-        "PowerShell 7 is installed and enabled for remoting). Re-read every ``host_refresh_interval``: "
+        "PowerShell 7 is installed and enabled for remoting), ``max_shells_per_user`` and ``max_users`` "
+        "the host's WinRM quotas MaxShellsPerUser and MaxConcurrentUsers (defaults 25 and 5, the "
+        "strictest a Windows Server 2016-2022 source reports; read the host's with "
+        "``airflow winexec check --canary`` as an administrator principal, or ``winrm get "
+        "winrm/config/winrs`` and ``Get-PSSessionConfiguration Microsoft.PowerShell | fl *`` on it): "
+        "placement never opens more shells there than they allow. Re-read every ``host_refresh_interval``: "
         "a removed host gets no new tasks, its running tasks finish.",
         "https://win01.corp.example?slots=8, http://win02.corp.example:5985?address=10.0.0.12",
     ),
@@ -372,6 +378,10 @@ class HostSpec:
     #: the PSRP session configuration (endpoint): ``Microsoft.PowerShell`` is Windows PowerShell
     #: 5.1, on every Windows Server; ``PowerShell.7`` exists once PowerShell 7's Enable-PSRemoting ran
     configuration: str = "Microsoft.PowerShell"
+    #: WinRM's MaxShellsPerUser and MaxConcurrentUsers on the host (the smaller of the WinRS and the
+    #: endpoint's own quota); the defaults are the strictest a source reports for 2016-2022
+    max_shells_per_user: int = 25
+    max_users: int = 5
 
     @property
     def connect_address(self) -> str:
@@ -507,10 +517,11 @@ def parse_host(entry: str, default_slots: int = 4) -> HostSpec:
     if parts.path not in ("", "/") or parts.username or parts.password or parts.fragment:
         raise ValueError(f"entry {raw!r}: only scheme://name:port?slots=N&address=A is allowed")
     query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = set(query) - {"slots", "address", "configuration"}
+    allowed = ("slots", "address", "configuration", "max_shells_per_user", "max_users")
+    unknown = set(query) - set(allowed)
     if unknown:
         raise ValueError(
-            f"entry {raw!r}: unknown parameter(s) {sorted(unknown)}; allowed: slots, address, configuration"
+            f"entry {raw!r}: unknown parameter(s) {sorted(unknown)}; allowed: {', '.join(allowed)}"
         )
     configuration = query.get("configuration", ["Microsoft.PowerShell"])[-1].strip()
     if not _CONFIGURATION.match(configuration):
@@ -518,14 +529,21 @@ def parse_host(entry: str, default_slots: int = 4) -> HostSpec:
             f"entry {raw!r}: configuration={configuration!r} is not a PSRP session configuration name "
             "(write e.g. Microsoft.PowerShell or PowerShell.7)"
         )
-    slots = default_slots
-    if "slots" in query:
+    counts = {
+        "slots": default_slots,
+        "max_shells_per_user": HostSpec.max_shells_per_user,
+        "max_users": HostSpec.max_users,
+    }
+    for key in counts:
+        if key not in query:
+            continue
         try:
-            slots = int(query["slots"][-1])
+            counts[key] = int(query[key][-1])
         except ValueError:
-            raise ValueError(f"entry {raw!r}: slots must be a whole number") from None
-        if slots < 1:
-            raise ValueError(f"entry {raw!r}: slots must be at least 1")
+            raise ValueError(f"entry {raw!r}: {key} must be a whole number") from None
+        if counts[key] < (2 if key == "max_shells_per_user" else 1):
+            least = "2 (a task's shell, and one to read its log)" if key == "max_shells_per_user" else "1"
+            raise ValueError(f"entry {raw!r}: {key} must be at least {least}")
     address = query.get("address", [""])[-1].strip()
     if "address" in query and not address:
         raise ValueError(f"entry {raw!r}: address= is empty")
@@ -533,9 +551,11 @@ def parse_host(entry: str, default_slots: int = 4) -> HostSpec:
         name=name,
         scheme="https" if scheme == "https" else "http",
         port=port or (5986 if scheme == "https" else 5985),
-        slots=slots,
+        slots=counts["slots"],
         address=address,
         configuration=configuration,
+        max_shells_per_user=counts["max_shells_per_user"],
+        max_users=counts["max_users"],
     )
 
 

@@ -110,6 +110,7 @@ class TaskRecord:
     reported: bool = False  # success/fail already in the event buffer
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=ERROR_TAIL))
     last_error: str = ""
+    waits_for: str = ""  # why no host takes it now, as last logged
     log_path: str | None = None  # relative task log path (``workload.log_path``)
 
     @property
@@ -353,10 +354,16 @@ class WindowsKerberosExecutor(BaseExecutor):
             if rec.revoked:
                 self._forget(rec)
                 continue
-            host = pool.acquire(exclude=rec.excluded) or (pool.acquire() if rec.excluded else None)
+            who = rec.identity.principal
+            host = pool.acquire(who, rec.excluded) or (pool.acquire(who) if rec.excluded else None)
             if host is None:
+                why = pool.waits(who)
+                if why != rec.waits_for:  # said once per change, not every heartbeat
+                    rec.waits_for = why
+                    self.log.info("winexec: %s waits for a host: %s", rec.key, why)
                 postponed.append((now + FULL_RETRY, next(self._seq), rec.key))
                 continue
+            rec.waits_for = ""
             self._waiting.discard(rec.key)
             rec.host = host
             rec.attempt += 1
@@ -590,7 +597,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         assert rec.host is not None
         pool, s = self._hosts(), self._s()
         spec, host = rec.host, rec.host.name
-        pool.release(host)
+        pool.release(host, rec.identity.principal)
         rec.host = None
         metrics.incr(metrics.LAUNCH_FAILURES, host=host, cause=err.kind)
         rec.last_error = err.reason
@@ -863,7 +870,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         rec.phase = Phase.DONE
         self._waiting.discard(rec.key)
         if rec.host is not None:
-            self._hosts().release(rec.host.name)
+            self._hosts().release(rec.host.name, rec.identity.principal)
             rec.host = None
         self.records.pop(rec.key, None)
         self.running.discard(rec.key)
@@ -1040,7 +1047,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             self._submit(_stop_quietly, session, "not adopted")  # too late: the scheduler resets it
             return
         ti, host, ident, run_id = pending
-        claimed = self._hosts().claim(host.name)
+        claimed = self._hosts().claim(host.name, ident.principal)
         log_path: str | None = None
         try:
             from airflow.utils.helpers import log_filename_template_renderer
@@ -1097,6 +1104,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             "phases": phases,
             "hosts": self._hosts().describe() if self.pool else [],
             "strays": [f"{x.host.name}|{x.run_id}" for x in self._strays],
+            "waiting": {str(r.key): r.waits_for for r in self.records.values() if r.waits_for},
         }
 
 

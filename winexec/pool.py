@@ -12,13 +12,18 @@ executor's queues, so nothing here needs a lock.
   seconds and the launch tries another host.
 * Hosts come and go with the configuration: a removed host gets no new tasks, its running tasks
   finish and release their slots, then it is forgotten.
+* WinRM's own quotas: every task holds one shell as its principal, so a host takes no more of
+  one principal's tasks than its MaxShellsPerUser leaves (one shell kept back for reading a log
+  or a status), and no task of a principal new to it once MaxConcurrentUsers principals run
+  there. :meth:`HostPool.waits` says which limit a task waits for.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from winexec.config import HostSpec
@@ -38,6 +43,7 @@ class HostState:
     last_used: float = 0.0
     launches: int = 0
     failures: int = 0
+    by_principal: Counter[str] = field(default_factory=Counter)
 
     @property
     def name(self) -> str:
@@ -51,6 +57,16 @@ class HostState:
     @property
     def free(self) -> int:
         return max(0, self.spec.slots - self.running)
+
+    def quota_for(self, principal: str) -> str | None:
+        """The WinRM quota that keeps ``principal``'s next task off this host now, if any."""
+        shells = self.spec.max_shells_per_user - 1  # one kept back: a log read, a status query
+        if self.by_principal[principal] >= shells:
+            return f"MaxShellsPerUser ({self.spec.max_shells_per_user}, {shells} for tasks) for {principal}"
+        users = +self.by_principal
+        if principal not in users and len(users) >= self.spec.max_users:
+            return f"MaxConcurrentUsers ({self.spec.max_users}: {', '.join(sorted(users))})"
+        return None
 
 
 class HostPool:
@@ -103,14 +119,15 @@ class HostPool:
         return not (circuit == "half-open" and h.probing)
 
     # -- placement -------------------------------------------------------------------------
-    def acquire(self, exclude: Iterable[str] = ()) -> HostSpec | None:
-        """Reserve a slot on the best host (not in ``exclude``); ``None`` when none is free."""
+    def acquire(self, principal: str = "", exclude: Iterable[str] = ()) -> HostSpec | None:
+        """Reserve a slot for a task of ``principal`` on the best host (not in ``exclude``);
+        ``None`` when none has room (:meth:`waits` says why)."""
         now = self._clock()
         skip = set(exclude)
         best: HostState | None = None
         best_key: tuple[float, int, float, str] | None = None
         for h in self._hosts.values():
-            if h.name in skip or not self._placeable(h, now):
+            if h.name in skip or not self._placeable(h, now) or h.quota_for(principal):
                 continue
             key = (h.running / h.spec.slots, h.running, h.last_used, h.name)
             if best_key is None or key < best_key:
@@ -120,24 +137,46 @@ class HostPool:
         if best.circuit(now) == "half-open":
             best.probing = True
         best.running += 1
+        best.by_principal[principal] += 1
         best.last_used = now
         best.launches += 1
         return best.spec
 
-    def claim(self, name: str) -> HostSpec | None:
+    def waits(self, principal: str) -> str:
+        """Why no host takes ``principal``'s task now: each host and what it waits for."""
+        now = self._clock()
+        why = []
+        for h in self._hosts.values():
+            if h.removed:
+                continue
+            if quota := h.quota_for(principal):
+                why.append(f"{h.name}: {quota}")
+            elif h.free <= 0:
+                why.append(f"{h.name}: all {h.spec.slots} slot(s) taken")
+            elif now < h.full_until:
+                why.append(f"{h.name}: said it was full (a WinRM quota)")
+            elif h.circuit(now) != "closed":
+                why.append(f"{h.name}: out of placement after {h.consecutive_failures} failed launch(es)")
+        return "; ".join(why) or "no hosts configured"
+
+    def claim(self, name: str, principal: str = "") -> HostSpec | None:
         """Count a task already running on ``name`` (adopted), even beyond its slots."""
         h = self._hosts.get(name)
         if h is None:
             return None
         h.running += 1
+        h.by_principal[principal] += 1
         return h.spec
 
-    def release(self, name: str) -> None:
+    def release(self, name: str, principal: str = "") -> None:
         """A task placed on ``name`` is gone (finished, failed, or its launch was abandoned)."""
         h = self._hosts.get(name)
         if h is None:
             return
         h.running = max(0, h.running - 1)
+        h.by_principal[principal] -= 1
+        if h.by_principal[principal] <= 0:
+            del h.by_principal[principal]
         if h.removed and h.running == 0:
             del self._hosts[name]
 

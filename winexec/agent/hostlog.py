@@ -23,7 +23,6 @@ from winexec.protocol import host_path
 #: Largest page one ``--read-log`` answer carries (the caller may ask for less).
 MAX_PAGE = 4 * 1024 * 1024
 DEFAULT_PAGE = 512 * 1024
-_ACTIVE = {"starting", "running"}
 
 
 def computer_name() -> str:
@@ -113,30 +112,27 @@ def read_log(request: dict[str, Any], base: Path | None = None) -> dict[str, Any
     }
 
 
-def active_runs(spool: Path | None = None) -> dict[str, Any]:
-    """The winexec runs this host is running now (its own markers whose agent is alive)."""
-    from winexec.agent import spool as spool_mod
+def active_runs() -> dict[str, Any]:
+    """The winexec runs this host is running now: every principal's, from the slot entries; the
+    task of this principal's own runs from their records (others' records are not ours to read)."""
+    from winexec.agent import spool
     from winexec.agent.main import _alive
 
-    base = spool or spool_mod.spool_dir()
     me = computer_name()
+    tasks: dict[str, Any] = {}
+    with contextlib.suppress(OSError):
+        for path in spool.spool_dir().glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                data = dict(json.loads(path.read_text()))
+                tasks[str(data.get("run_id"))] = data.get("task")
     runs: list[dict[str, Any]] = []
-    for path in sorted(base.glob("*.json")):
-        data: dict[str, Any] = {}
-        with contextlib.suppress(OSError, ValueError):
-            data = dict(json.loads(path.read_text()))
-        if not data or data.get("state") not in _ACTIVE or data.get("finished"):
+    for entry in spool.slot_entries():
+        if entry.get("computer") not in (None, me):
+            continue  # another host's entry in a shared folder (the stand-in's agent tests)
+        if not _alive(entry.get("agent_pid"), entry.get("agent_create_time")):
             continue
-        if data.get("computer") not in (None, me):
-            continue  # another host's marker in a shared spool (the stand-in's hosts share a disk)
-        if not _alive(data.get("agent_pid"), data.get("agent_create_time")):
-            continue
-        runs.append(
-            {
-                k: data.get(k)
-                for k in ("run_id", "task", "ti_id", "try_number", "state", "started", "principal")
-            }
-        )
+        run = {k: entry.get(k) for k in ("run_id", "started", "principal")}
+        runs.append({**run, "task": tasks.get(str(entry.get("run_id")))})
     return {"computer": me, "count": len(runs), "runs": runs}
 
 

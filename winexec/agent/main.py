@@ -117,10 +117,10 @@ class AgentRun:
 
     def announce(self, pid: int) -> None:
         """Tell the executor (and the run marker) that the task process runs."""
-        from winexec.agent.hostinfo import delegated_tgt, host_name, user_name
+        from winexec.agent.hostinfo import delegation, host_name, user_name
 
         self.started_at = time.monotonic()
-        delegated, _ = delegated_tgt()
+        delegated = bool(delegation()["delegated"])
         self.sink.emit(
             Started(
                 run_id=self.start.run_id,
@@ -209,6 +209,8 @@ class AgentRun:
             self.marker, fresh = spool.claim(
                 str(ti.id), ti.try_number, self.start.run_id, extra=_who(ti), launch_key=self.start.launch_key
             )
+        except spool.SpoolError as e:
+            return self.exit("error", None, str(e))
         except OSError as e:
             return self.exit("error", None, f"cannot create run marker: {e}")
         if not fresh:
@@ -223,12 +225,16 @@ class AgentRun:
             )
         marker = self.marker
         slots = self.start.slots
-        if slots is not None and not spool.admitted(marker, slots, _alive):
+        refusal: tuple[ExitState, str] | None = None
+        try:
+            if slots is not None and not spool.take_slot(marker, slots, _alive):
+                refusal = ("full", f"all {slots} slot(s) of this host are taken by other winexec runs")
+        except OSError as e:
+            refusal = ("error", f"cannot add this run's slot entry: {e}")
+        if refusal is not None:
             marker.path.unlink(missing_ok=True)  # not started: a later launch of this try may claim it
             self.marker = None
-            return self.exit(
-                "full", None, f"all {slots} slot(s) of this host are taken by other winexec runs"
-            )
+            return self.exit(refusal[0], None, refusal[1])
         with contextlib.suppress(Exception):
             import psutil
 
@@ -316,8 +322,11 @@ class AgentRun:
         else:
             state, reason = "failed", f"task instance {ti_state}, exit code {code}"
         if self.marker:
+            from winexec.agent.spool import release_slot
+
             with contextlib.suppress(OSError):
                 self.marker.update(state=state, exit_code=code, ti_state=ti_state, finished=time.time())
+            release_slot(self.marker)
         return self.exit(state, code, reason, ti_state=ti_state)
 
     def _report_failed(self, ti: Any, server: str | None, process: WinexecActivitySubprocess) -> str | None:
@@ -488,11 +497,20 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument(
         "--read-log", action="store_true", help="print one page of a task log (request on stdin)"
     )
+    mode.add_argument(
+        "--prepare-spool",
+        action="store_true",
+        help="as an administrator, once per host: create the run folder every principal shares",
+    )
     parser.add_argument("--wait", type=float, default=30.0, help="seconds --stop waits for the run to end")
     args = parser.parse_args(argv)
 
-    if args.self_check or args.status or args.stop or args.runs or args.read_log:
-        if args.self_check:
+    if args.self_check or args.status or args.stop or args.runs or args.read_log or args.prepare_spool:
+        if args.prepare_spool:
+            from winexec.agent.spool import prepare_root
+
+            out = {"spool": str(prepare_root())}
+        elif args.self_check:
             from winexec.agent.hostinfo import self_check
 
             out = self_check()

@@ -9,6 +9,15 @@ so it claims its own marker. It records the launch's ``run_id``, the agent's pid
 and the outcome, which is what ``--status``/``--stop`` need. A stop request is a sibling
 ``.stop`` file the running agent polls, so stopping works across users and platforms without
 signals.
+
+Principals that share a host never share these files. The run folder (``%ProgramData%`` /
+``winexec/runs``, prepared once by an administrator) holds one folder per principal, which only that
+account, SYSTEM and Administrators may open: its records, logs and stop files. Windows: the agent
+sets that ACL itself on every start (``icacls``: inheritance removed, full control for the three),
+and a folder it cannot set it on (another account's, made to squat the name) is refused. POSIX
+(the stand-in): the folder is the account's own, mode 0700 (which also masks ACLs inherited from
+a share). The only shared files are the host's slot entries (``<run>.slot``, one per live run,
+readable by all, removable only by their owner): admission counts them, each live agent once.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -29,16 +39,144 @@ from typing import Any
 MAX_AGE_SECONDS = 14 * 24 * 3600
 
 
-def spool_dir() -> Path:
-    """``$WINEXEC_SPOOL``, else ``%ProgramData%\\winexec\\runs`` (Windows) or ``<tmp>/winexec-runs``."""
+IS_WINDOWS = sys.platform == "win32"
+#: What an administrator runs once per host to prepare the run folder (docs/windows-host-setup.md).
+PREPARE = "python -m winexec.agent --prepare-spool"
+
+
+class SpoolError(OSError):
+    """The run folder is missing or not safe to keep one principal's runs apart from another's."""
+
+
+def spool_root() -> Path:
+    """``$WINEXEC_SPOOL``, else ``%ProgramData%\\winexec\\runs``, else ``<tmp>/winexec-runs`` (POSIX)."""
     if env := os.environ.get("WINEXEC_SPOOL"):
-        base = Path(env)
-    elif sys.platform == "win32":  # pragma: no cover
-        base = Path(os.environ.get("ProgramData", r"C:\ProgramData")) / "winexec" / "runs"
+        return Path(env)
+    if data := os.environ.get("ProgramData"):  # every Windows process has it; so has the stand-in's
+        return Path(data) / "winexec" / "runs"
+    if IS_WINDOWS:  # pragma: no cover
+        return Path(r"C:\ProgramData") / "winexec" / "runs"
+    return Path(tempfile.gettempdir()) / "winexec-runs"
+
+
+def prepare_root(root: Path | None = None) -> Path:
+    """Create the run folder as an administrator would: every account may add entries, only an
+    entry's owner may change or remove it (Windows: the ACL below; POSIX: root's, mode 1777)."""
+    root = root or spool_root()
+    root.mkdir(parents=True, exist_ok=True)
+    if IS_WINDOWS:  # pragma: no cover - the argv is unit-tested
+        for args in _root_acl(root):
+            _icacls(args)
     else:
-        base = Path(tempfile.gettempdir()) / "winexec-runs"
-    base.mkdir(parents=True, exist_ok=True)
-    return base
+        root.chmod(0o1777)
+    return root
+
+
+def check_root(root: Path) -> None:
+    """Refuse a run folder in which one principal could remove or replace another's entries."""
+    try:
+        st = root.stat()
+    except FileNotFoundError:
+        raise SpoolError(
+            f"run folder {root} does not exist; an administrator creates it once: {PREPARE}"
+        ) from None
+    if IS_WINDOWS:  # pragma: no cover - the ACL is the administrator's (PREPARE); the canary reads it
+        return
+    if st.st_uid not in (0, os.geteuid()):
+        raise SpoolError(
+            f"run folder {root} belongs to uid {st.st_uid}, not to root; recreate it with {PREPARE}"
+        )
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise SpoolError(
+            f"run folder {root} is writable by other accounts without the sticky bit, so one principal "
+            f"could remove or replace another's runs; run `chmod +t {root}` or {PREPARE}"
+        )
+
+
+def account_key() -> str:
+    """This logon's account as a folder name (``DOMAIN-user``: letters, digits and ``-``)."""
+    from winexec.agent.hostinfo import user_name
+
+    return _safe(user_name().replace("\\", "-")) or "unknown"
+
+
+def spool_dir(root: Path | None = None) -> Path:
+    """This principal's private folder in the run folder, made private now (see the module doc)."""
+    root = root or spool_root()
+    check_root(root)
+    mine = root / account_key()
+    try:
+        mine.mkdir(mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise SpoolError(
+            f"cannot create {mine} ({e.strerror}); check the run folder with {PREPARE}"
+        ) from None
+    if IS_WINDOWS:  # pragma: no cover - the argv is unit-tested
+        _icacls(_private_acl(mine))
+        return mine
+    st = mine.stat()
+    if st.st_uid != os.geteuid():
+        raise SpoolError(
+            f"{mine} belongs to another account (uid {st.st_uid}), so this principal's runs would be "
+            "readable there; an administrator removes that folder"
+        )
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        mine.chmod(0o700)  # also masks whatever ACL a share above handed down
+    return mine
+
+
+def _private_acl(path: Path) -> list[str]:
+    """``icacls`` arguments: only this account, SYSTEM and Administrators, nothing inherited."""
+    from winexec.agent.hostinfo import user_name
+
+    full = "(OI)(CI)F"
+    return [
+        str(path),
+        "/inheritance:r",
+        "/grant:r",
+        f"*S-1-5-18:{full}",
+        f"*S-1-5-32-544:{full}",
+        f"{user_name()}:{full}",
+    ]
+
+
+def _root_acl(path: Path) -> list[list[str]]:
+    """``icacls`` calls for the run folder: Users add and list (this folder) and read what is
+    directly in it (the slot entries); CREATOR OWNER owns what it adds; SYSTEM and Administrators
+    everything. Two calls: ``/grant:r`` would replace the first Users entry with the second."""
+    users = "*S-1-5-32-545"
+    return [
+        [
+            str(path),
+            "/inheritance:r",
+            "/grant:r",
+            "*S-1-5-18:(OI)(CI)F",
+            "*S-1-5-32-544:(OI)(CI)F",
+            "*S-1-3-0:(OI)(CI)(IO)F",
+            f"{users}:(RD,WD,AD,REA,X,RA,RC,S)",
+        ],
+        [str(path), "/grant", f"{users}:(OI)(NP)(IO)R"],
+    ]
+
+
+def _icacls(args: list[str]) -> None:
+    """Set an ACL with Windows' own ``icacls`` (no secret is ever among its arguments)."""
+    import subprocess
+
+    system = os.environ.get("SystemRoot", r"C:\Windows")
+    done = subprocess.run(
+        [os.path.join(system, "System32", "icacls.exe"), *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        why = (done.stderr or done.stdout).strip()
+        raise SpoolError(
+            f"cannot set the ACL of {args[0]} ({why}); an administrator checks it with {PREPARE}"
+        )
 
 
 @dataclass
@@ -143,31 +281,100 @@ def find(run_id: str, base: Path | None = None) -> Marker | None:
     return None
 
 
-def admitted(marker: Marker, slots: int, alive: Callable[[Any, Any], bool], base: Path | None = None) -> bool:
-    """Whether ``marker``'s run is among the first ``slots`` live runs of this computer.
+def _slot_path(root: Path, run_id: str) -> Path:
+    return root / f"{_key('slot', 0, run_id)}.slot"
 
-    Admission on the host, not only counted by one scheduler: every agent claims its marker
-    first (atomic), then ranks the live markers of its computer by claim time; all agents see
-    the same order, so of two racing for the last slot exactly the later one backs off. A marker
-    still being written counts as ahead of us (never over-admit).
+
+def take_slot(
+    marker: Marker, slots: int, alive: Callable[[Any, Any], bool], root: Path | None = None
+) -> bool:
+    """Whether ``marker``'s run gets one of the host's ``slots``; if not, its entry is gone again.
+
+    Admission on the host, not only counted by one scheduler: every agent first adds its slot
+    entry (atomic, in the shared run folder), then ranks the live entries of its computer by
+    claim time; all agents see the same order, so of two racing for the last slot exactly the
+    later one backs off. Each live agent (pid and start time) counts once, at its earliest entry:
+    an entry another principal forged for our agent changes nothing, and one for a process of its
+    own costs only what that principal could spend by running it. An entry still being written
+    counts as ahead of us (never over-admit).
     """
-    base = base or spool_dir()
-    me = marker.data.get("computer")
-    mine = (marker.data["started"], marker.data["run_id"])
-    ahead = 0
-    for path in base.glob("*.json"):
-        if path == marker.path:
+    import psutil
+
+    root = root or spool_root()
+    me = psutil.Process()
+    entry = {
+        "run_id": marker.data["run_id"],
+        "computer": marker.data.get("computer"),
+        "principal": marker.data.get("principal"),
+        "agent_pid": me.pid,
+        "agent_create_time": me.create_time(),
+        "started": marker.data["started"],
+    }
+    path = _slot_path(root, entry["run_id"])
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "w") as f:
+        json.dump(entry, f, sort_keys=True)
+    marker.data["slot"] = str(path)
+    rank: dict[tuple[Any, Any], tuple[float, str]] = {}
+    unread = 0
+    now = time.time()
+    for other in root.glob("*.slot"):
+        try:
+            st = other.stat()
+            data = dict(json.loads(other.read_text()))
+        except (OSError, ValueError, TypeError):
+            unread += now - _mtime(other) < _BEING_WRITTEN  # an old unreadable entry is junk
             continue
-        data = _read(path)
-        if data and (data.get("finished") or data.get("state") not in ("starting", "running")):
+        if data.get("computer") not in (None, entry["computer"]):
+            continue  # another computer's entry in a shared folder (the stand-in's agent tests)
+        agent = (data.get("agent_pid"), data.get("agent_create_time"))
+        if not alive(*agent) or not _owned_by(st, agent[0]):
             continue
-        if data and data.get("computer") not in (None, me):
-            continue  # another computer's marker in a shared spool (the stand-in's hosts)
-        if data and not alive(data.get("agent_pid"), data.get("agent_create_time")):
-            continue
-        if not data or (data.get("started", 0.0), data.get("run_id", "")) < mine:
-            ahead += 1
-    return ahead < slots
+        key = (float(data.get("started") or 0.0), str(data.get("run_id") or ""))
+        rank[agent] = min(rank.get(agent, key), key)
+    mine = rank.get((entry["agent_pid"], entry["agent_create_time"]), (entry["started"], entry["run_id"]))
+    ahead = unread + sum(1 for agent, key in rank.items() if key < mine)
+    if ahead < slots:
+        return True
+    release_slot(marker)
+    return False
+
+
+#: How long an entry that cannot be read yet counts as one being written (then: ignored).
+_BEING_WRITTEN = 5.0
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _owned_by(st: os.stat_result, pid: Any) -> bool:
+    """Whether the entry's file belongs to the account running ``pid`` (POSIX; Windows lets no
+    principal read another's process owner, so there only the pid and start time are checked)."""
+    if IS_WINDOWS:  # pragma: no cover
+        return True
+    import psutil
+
+    try:
+        return bool(psutil.Process(int(pid)).uids().real == st.st_uid)
+    except (psutil.Error, ValueError, TypeError):
+        return False
+
+
+def release_slot(marker: Marker) -> None:
+    """Remove the run's slot entry (its agent is done, or was not admitted)."""
+    if slot := marker.data.pop("slot", None):
+        with contextlib.suppress(OSError):
+            os.unlink(slot)
+
+
+def slot_entries(root: Path | None = None) -> list[dict[str, Any]]:
+    """Every slot entry in the run folder (what ``--runs`` may show of other principals' runs)."""
+    root = root or spool_root()
+    return [d for d in (_read(p) for p in sorted(root.glob("*.slot"))) if d]
 
 
 def _cleanup(base: Path) -> None:

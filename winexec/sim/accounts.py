@@ -103,12 +103,17 @@ def account_for(user: str) -> Account:
     return Account(name=name, uid=pw.pw_uid, gid=pw.pw_gid, groups=(domain_users,))
 
 
+def strip_acl(path: Path) -> None:
+    """Drop every ACL entry ``path`` inherited (from a share above it): its mode alone governs."""
+    if enabled():
+        _setfacl("-b", str(path))
+
+
 def private_dir(path: Path, account: Account | None) -> Path:
     """A folder only ``account`` (and root, the host's SYSTEM) may enter, as a user profile is;
     with no account, only root (the KDC's database and keytabs)."""
     path.mkdir(parents=True, exist_ok=True)
-    if enabled():
-        _setfacl("-b", str(path))  # nothing inherited from a share above it
+    strip_acl(path)  # nothing inherited from a share above it
     if account is not None:
         os.chown(path, account.uid, account.gid)
     path.chmod(0o700)

@@ -24,6 +24,7 @@ from winexec.sim.auth import Acceptor
 from winexec.sim.certs import CertificateAuthority
 from winexec.sim.faults import Faults
 from winexec.sim.kdc import Realm, free_port
+from winexec.sim.klist import script as klist_script
 from winexec.sim.processes import NativeProcess
 from winexec.sim.server import Listener, WinRMService
 from winexec.sim.shells import POWERSHELL_7, WINDOWS_POWERSHELL_51, Endpoint, PSRPShell, Shell
@@ -33,11 +34,14 @@ log = logging.getLogger("winexec.sim")
 
 @dataclass
 class Quotas:
-    """WinRM quotas (``winrm/config/winrs`` and ``winrm/config/service``), Windows defaults."""
+    """WinRM quotas of a PSRP shell (``winrm/config/winrs``, the Microsoft.PowerShell plugin's
+    ``Quotas``, ``winrm/config/service``): the strictest default a source reports for Windows
+    Server 2016-2022 (README: "Limits and faults")."""
 
-    MaxShellsPerUser: int = 30
+    MaxShellsPerUser: int = 25
+    MaxConcurrentUsers: int = 5
     MaxConcurrentOperationsPerUser: int = 1500
-    MaxProcessesPerShell: int = 25
+    MaxProcessesPerShell: int = 15
     MaxMemoryPerShellMB: int = 1024
     IdleTimeout: float = 7200.0  # seconds (WinRM stores 7200000 ms)
     MaxEnvelopeSizekb: int = 500
@@ -102,6 +106,8 @@ class SimHost:
                     raise
                 self.realm.kadmin(f"ktadd -k {self.keytab} {princ}")
         self.acceptor = Acceptor(self.spn, self.keytab, self.workdir / "logons")
+        self._prepare_program_data()
+        self._install_system32()
         cert, key = self.ca.issue(self.name, self.address)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
@@ -113,6 +119,42 @@ class SimHost:
         )
         self._monitor.start()
         return self
+
+    @property
+    def program_data(self) -> Path:
+        """``%ProgramData%`` of this host (its processes see it in ``ProgramData``)."""
+        return self.workdir / "ProgramData"
+
+    def _prepare_program_data(self) -> None:
+        """The host as installed: ``ProgramData\\winexec\\runs`` prepared by its administrator
+        (docs/windows-host-setup.md): every account adds entries there, only an entry's owner may
+        change or remove it -- on POSIX root's folder with mode 1777, the sticky bit."""
+        runs = self.program_data / "winexec" / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        for d in (self.program_data, runs.parent, runs):
+            accounts.strip_acl(d)
+            d.chmod(0o755)
+        runs.chmod(0o1777)
+        if self.accounts:
+            accounts.traverse(runs)
+
+    @property
+    def system_root(self) -> Path:
+        """``%SystemRoot%`` of this host (``SystemRoot`` in its processes' environment)."""
+        return self.workdir / "Windows"
+
+    def _install_system32(self) -> None:
+        """The Windows tools winexec calls by full path: ``System32\\klist.exe`` (winexec.sim.klist)."""
+        system32 = self.system_root / "System32"
+        system32.mkdir(parents=True, exist_ok=True)
+        klist = system32 / "klist.exe"
+        klist.write_text(klist_script(sys.executable, self.name))
+        for d in (self.system_root, system32):
+            accounts.strip_acl(d)
+            d.chmod(0o755)
+        klist.chmod(0o755)
+        if self.accounts:
+            accounts.traverse(klist)
 
     def stop(self) -> None:
         self._stop.set()

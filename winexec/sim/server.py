@@ -451,6 +451,9 @@ class WinRMService:
         with self.lock:
             if len(self.user_shells(identity.principal)) >= quotas.MaxShellsPerUser:
                 raise wsman.quota_shells(quotas.MaxShellsPerUser)
+            users = {s.owner.principal for s in self.shells.values() if not s.closed}
+            if identity.principal not in users and len(users) >= quotas.MaxConcurrentUsers:
+                raise wsman.quota_users(quotas.MaxConcurrentUsers)
             shell_id = (body.attrib.get("ShellId") or str(uuid.uuid4())).upper()
             if shell_id in self.shells:
                 raise WSManFault(

@@ -144,7 +144,7 @@ class Shell:
     # -- environment of processes ------------------------------------------------------------
     def process_env(self) -> dict[str, str]:
         """What a process started in this shell sees: the user's identity and logon ticket only."""
-        keep = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "SYSTEMROOT", "VIRTUAL_ENV", "PYTHONHOME")
+        keep = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONHOME")
         env = {k: v for k, v in os.environ.items() if k in keep}
         env.setdefault("PATH", os.defpath)
         realm = self.owner.realm or self.host.realm.name
@@ -159,6 +159,8 @@ class Shell:
                 "HOME": str(self.profile),
                 "TEMP": str(self.temp),
                 "TMP": str(self.temp),
+                "ProgramData": str(self.host.program_data),
+                "SystemRoot": str(self.host.system_root),
                 "KRB5_CONFIG": str(self.host.realm.krb5_conf),
                 # Always private to this shell: the delegated TGT if there was one, else nothing.
                 "KRB5CCNAME": f"FILE:{self.ccache}",

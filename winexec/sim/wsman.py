@@ -211,7 +211,8 @@ def _qname(v: str) -> str:
 ERROR_WSMAN_OPERATION_TIMEDOUT = 2150858793  # 0x80338029
 ERROR_WSMAN_INVALID_SELECTORS = 2150858843  # 0x8033805B (shell not found)
 ERROR_WSMAN_QUOTA_MAX_SHELLS = 2150859173  # 0x803381A5
-ERROR_WSMAN_QUOTA_MAX_OPERATIONS = 2150859174  # 0x803381A6
+ERROR_WSMAN_QUOTA_MAX_OPERATIONS = 2150859174
+ERROR_WSMAN_QUOTA_MAX_SHELLUSERS = 2150859179  # 0x803381AB  # 0x803381A6
 ERROR_WSMAN_ACTION_NOT_SUPPORTED = 2150858771  # 0x80338013
 # wsmerror.h (as in Vanara's wsmerror.cs); which one Windows answers when is inferred (README)
 ERROR_WINRS_SHELL_DISCONNECTED = 2150859204  # 0x803381C4
@@ -258,6 +259,15 @@ def quota_shells(limit: int) -> WSManFault:
         "The WS-Management service cannot process the request. This user is allowed a maximum number of "
         f"{limit} concurrent shells, which has been exceeded. Close existing shells or raise the quota for "
         "this user.",
+        subcode="w:QuotaLimit",
+    )
+
+
+def quota_users(limit: int) -> WSManFault:
+    return WSManFault(
+        ERROR_WSMAN_QUOTA_MAX_SHELLUSERS,
+        "The WS-Management service cannot process the request. This request exceeded the maximum number "
+        f"of users concurrently performing remote operations ({limit}) on this system. Retry later.",
         subcode="w:QuotaLimit",
     )
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from winexec.config import HostSpec
 from winexec.sim.accounts import share
 from winexec.sim.cluster import SimCluster
 from winexec.sim.kdc import Realm
@@ -50,9 +51,19 @@ def host_python(path: Path, env: Mapping[str, str]) -> Path:
 
 def host_entry(host: Any, slots: int, name: str | None = None, configuration: str = "") -> str:
     """One stand-in host as a ``[winexec] hosts`` entry: its SPN name, port, slots, loopback
-    address, and the PSRP endpoint when not the default."""
+    address, the PSRP endpoint and the host's WinRM shell quotas when not the defaults (as an
+    operator who read them writes them)."""
     entry = f"http://{name or host.name}:{host.http_port}?slots={slots}&address={host.address}"
-    return f"{entry}&configuration={configuration}" if configuration else entry
+    if configuration:
+        entry += f"&configuration={configuration}"
+    quotas = {
+        "max_shells_per_user": host.quotas.MaxShellsPerUser,
+        "max_users": host.quotas.MaxConcurrentUsers,
+    }
+    for key, value in quotas.items():
+        if value != getattr(HostSpec, key) and value >= 2:
+            entry += f"&{key}={value}"
+    return entry
 
 
 def hosts_option(cluster: SimCluster, slots: int, configurations: Sequence[str] = ()) -> str:
@@ -96,7 +107,7 @@ def windows_world(
     then have PowerShell 7 installed); the default is Microsoft.PowerShell, Windows PowerShell 5.1.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    # The hosts' Airflow home, the log share and the spool are folders every principal's account
+    # The hosts' Airflow home and the log share are folders every principal's account
     # uses (with accounts of their own: see winexec.sim.accounts); the DAGs are read by all.
     share(workdir, writable=True)
     share(dags_folder)
@@ -121,7 +132,6 @@ def windows_world(
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 # a small, shared machine answers slowly at times
                 "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
-                "WINEXEC_SPOOL": str(workdir / "host-spool"),
                 **(host_env or {}),
             },
         )

@@ -50,7 +50,8 @@ def test_https_default_port_and_parameters() -> None:
 def test_a_host_entry_names_its_winrm_shell_quotas() -> None:
     h = parse_host("http://win01.t?max_shells_per_user=30&max_users=10")
     assert (h.max_shells_per_user, h.max_users) == (30, 10)
-    assert (parse_host("win01.t").max_shells_per_user, parse_host("win01.t").max_users) == (25, 5)
+    assert (parse_host("win01.t").max_shells_per_user, parse_host("win01.t").max_users) == (None, None)
+    assert (parse_host("win01.t").shells_per_user, parse_host("win01.t").users) == (25, 5)
 
 
 def test_connect_address_override_keeps_name_for_spn() -> None:

@@ -366,6 +366,13 @@ def __getattr__(name: str) -> Any:
 
 
 # -- typed settings ---------------------------------------------------------------------------
+#: The strictest MaxShellsPerUser / MaxConcurrentUsers a source reports for a Windows Server
+#: 2016-2022 PSRP shell (winexec/sim/README.md, "Limits and faults"): what placement assumes of a
+#: host whose entry does not say and whose quotas the executor may not read.
+DEFAULT_MAX_SHELLS_PER_USER = 25
+DEFAULT_MAX_USERS = 5
+
+
 @dataclass(frozen=True)
 class HostSpec:
     """One configured host. ``name`` is the SPN host name; ``address`` is where to connect."""
@@ -379,9 +386,19 @@ class HostSpec:
     #: 5.1, on every Windows Server; ``PowerShell.7`` exists once PowerShell 7's Enable-PSRemoting ran
     configuration: str = "Microsoft.PowerShell"
     #: WinRM's MaxShellsPerUser and MaxConcurrentUsers on the host (the smaller of the WinRS and the
-    #: endpoint's own quota); the defaults are the strictest a source reports for 2016-2022
-    max_shells_per_user: int = 25
-    max_users: int = 5
+    #: endpoint's own quota), as the entry gives them or the executor read them; ``None``: unknown
+    max_shells_per_user: int | None = None
+    max_users: int | None = None
+
+    @property
+    def shells_per_user(self) -> int:
+        """MaxShellsPerUser in effect: known, else the strictest a 2016-2022 source reports."""
+        return self.max_shells_per_user or DEFAULT_MAX_SHELLS_PER_USER
+
+    @property
+    def users(self) -> int:
+        """MaxConcurrentUsers in effect: known, else the strictest a 2016-2022 source reports."""
+        return self.max_users or DEFAULT_MAX_USERS
 
     @property
     def connect_address(self) -> str:
@@ -529,11 +546,7 @@ def parse_host(entry: str, default_slots: int = 4) -> HostSpec:
             f"entry {raw!r}: configuration={configuration!r} is not a PSRP session configuration name "
             "(write e.g. Microsoft.PowerShell or PowerShell.7)"
         )
-    counts = {
-        "slots": default_slots,
-        "max_shells_per_user": HostSpec.max_shells_per_user,
-        "max_users": HostSpec.max_users,
-    }
+    counts: dict[str, int | None] = {"slots": default_slots, "max_shells_per_user": None, "max_users": None}
     for key in counts:
         if key not in query:
             continue
@@ -541,7 +554,7 @@ def parse_host(entry: str, default_slots: int = 4) -> HostSpec:
             counts[key] = int(query[key][-1])
         except ValueError:
             raise ValueError(f"entry {raw!r}: {key} must be a whole number") from None
-        if counts[key] < (2 if key == "max_shells_per_user" else 1):
+        if counts[key] < (2 if key == "max_shells_per_user" else 1):  # type: ignore[operator]
             least = "2 (a task's shell, and one to read its log)" if key == "max_shells_per_user" else "1"
             raise ValueError(f"entry {raw!r}: {key} must be at least {least}")
     address = query.get("address", [""])[-1].strip()
@@ -551,7 +564,7 @@ def parse_host(entry: str, default_slots: int = 4) -> HostSpec:
         name=name,
         scheme="https" if scheme == "https" else "http",
         port=port or (5986 if scheme == "https" else 5985),
-        slots=counts["slots"],
+        slots=int(counts["slots"] or default_slots),
         address=address,
         configuration=configuration,
         max_shells_per_user=counts["max_shells_per_user"],

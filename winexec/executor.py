@@ -51,6 +51,7 @@ from winexec.launcher import (
     shell_id_for,
 )
 from winexec.pool import HostPool
+from winexec.quotas import QuotaReader
 from winexec.watchdog import Liveness, judge
 
 if TYPE_CHECKING:
@@ -155,6 +156,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         self._last_sweep = 0.0
         self._next_refresh = 0.0
         self._refreshing = False
+        self._quotas: QuotaReader | None = None  # the refresh job's alone
         self._closing = False
         self._clock: Callable[[], float] = time.monotonic
         self._principals: set[str] = set()
@@ -499,6 +501,9 @@ class WindowsKerberosExecutor(BaseExecutor):
     def _job_refresh_hosts(self, _: None) -> None:
         try:
             hosts, problems = reread_hosts(self._s())
+            if self._quotas is None:
+                self._quotas = QuotaReader(self._s(), self.tickets)
+            hosts = self._quotas.apply(hosts)
         except Exception as e:
             hosts, problems = (), [f"[winexec] hosts: refresh failed: {e}"]
         self._results.put(("hosts", None, (hosts, problems)))

@@ -25,7 +25,15 @@ from winexec.launcher import (
 )
 
 #: The agent modes a channel may run (a fixed list: no caller-chosen arguments reach the host).
-MODES = frozenset({"--self-check", "--runs", "--read-log", "--status", "--stop"})
+MODES = frozenset({"--self-check", "--canary", "--runs", "--read-log", "--status", "--stop"})
+
+
+#: The WinRM quotas that bound what a host accepts from the pool (facts §7).
+QUOTA_NAMES = ("MaxShellsPerUser", "MaxConcurrentUsers", "MaxProcessesPerShell", "MaxMemoryPerShellMB")
+
+
+class QuotasUnreadable(Exception):
+    """The host does not let this principal read its WinRM configuration (Administrators only)."""
 
 
 class HostChannel:
@@ -99,6 +107,42 @@ class HostChannel:
             f"`{python} -m winexec.agent {mode}` on {self.host.name} gave no answer: {tail[:500]}; "
             "check that winexec is installed for that interpreter"
         )
+
+    def quotas(self) -> dict[str, int]:
+        """The host's WinRM shell quotas in effect for a PSRP shell: the smaller of the WinRS
+        setting (``winrm get winrm/config/winrs``) and the endpoint's own (what
+        ``Get-PSSessionConfiguration`` shows), read over this connection with WS-Man Get.
+
+        Windows lets only Administrators read them: for anyone else this raises
+        :class:`QuotasUnreadable`.
+        """
+        from pypsrp.exceptions import WSManFaultError
+        from pypsrp.wsman import SelectorSet
+
+        if self._pool is None:
+            self.open()
+        wsman = self._pool.connection
+        base = "http://schemas.microsoft.com/wbem/wsman/1/config"
+        plugin = SelectorSet()
+        plugin.add_option("Name", self.host.configuration)
+        try:
+            winrs = wsman.get(f"{base}/winrs")
+            endpoint = wsman.get(f"{base}/plugin", selector_set=plugin)
+        except WSManFaultError as e:
+            raise QuotasUnreadable(f"{self.principal} may not read them ({e.reason or e.code})") from None
+        except Exception as e:
+            raise classify(e, self.host, self.principal) from e
+        found: dict[str, int] = {}
+        for el in winrs.iter():
+            name = el.tag.rsplit("}", 1)[-1]
+            if name in QUOTA_NAMES and (el.text or "").strip().isdigit():
+                found[name] = int(el.text.strip())  # type: ignore[union-attr]
+        for el in endpoint.iter():
+            if el.tag.rsplit("}", 1)[-1] == "Quotas":
+                for name in QUOTA_NAMES:
+                    if str(el.attrib.get(name, "")).isdigit():
+                        found[name] = min(found.get(name, 2**31 - 1), int(el.attrib[name]))
+        return found
 
     def close(self) -> None:
         pool, self._pool = self._pool, None

@@ -60,12 +60,12 @@ class HostState:
 
     def quota_for(self, principal: str) -> str | None:
         """The WinRM quota that keeps ``principal``'s next task off this host now, if any."""
-        shells = self.spec.max_shells_per_user - 1  # one kept back: a log read, a status query
+        shells = self.spec.shells_per_user - 1  # one kept back: a log read, a status query
         if self.by_principal[principal] >= shells:
-            return f"MaxShellsPerUser ({self.spec.max_shells_per_user}, {shells} for tasks) for {principal}"
+            return f"MaxShellsPerUser ({self.spec.shells_per_user}, {shells} for tasks) for {principal}"
         users = +self.by_principal
-        if principal not in users and len(users) >= self.spec.max_users:
-            return f"MaxConcurrentUsers ({self.spec.max_users}: {', '.join(sorted(users))})"
+        if principal not in users and len(users) >= self.spec.users:
+            return f"MaxConcurrentUsers ({self.spec.users}: {', '.join(sorted(users))})"
         return None
 
 

@@ -498,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
         "--read-log", action="store_true", help="print one page of a task log (request on stdin)"
     )
     mode.add_argument(
+        "--canary", action="store_true", help="try what a task needs here, as this principal (one JSON line)"
+    )
+    mode.add_argument(
         "--prepare-spool",
         action="store_true",
         help="as an administrator, once per host: create the run folder every principal shares",
@@ -505,8 +508,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", type=float, default=30.0, help="seconds --stop waits for the run to end")
     args = parser.parse_args(argv)
 
-    if args.self_check or args.status or args.stop or args.runs or args.read_log or args.prepare_spool:
-        if args.prepare_spool:
+    modes = (
+        args.self_check,
+        args.status,
+        args.stop,
+        args.runs,
+        args.read_log,
+        args.prepare_spool,
+        args.canary,
+    )
+    if any(modes):
+        if args.canary:
+            from winexec.agent import canary
+
+            out = canary.run()
+        elif args.prepare_spool:
             from winexec.agent.spool import prepare_root
 
             out = {"spool": str(prepare_root())}

@@ -76,6 +76,8 @@ class SimHost:
         #: each principal's processes run as an OS account of its own (only as root: accounts.py)
         self.accounts = accounts.enabled()
         self.quotas = quotas or Quotas()
+        #: users (the principal's user part) in the host's Administrators group; none by default
+        self.administrators: set[str] = set()
         self.workdir = workdir
         self.ca = ca
         self.ca_cert: Path = ca.cert_path

@@ -527,9 +527,56 @@ class WinRMService:
         ET.SubElement(resp, q("wsman", "EndOfSequence"))
         return [resp]
 
+    def _quota_config(self, uri: str, req: wsman.Request, identity: Identity) -> ET.Element:
+        """``winrm get winrm/config/winrs`` and the Microsoft.PowerShell plugin's configuration
+        (what ``Get-PSSessionConfiguration`` reads): Administrators only, as the default
+        RootSDDL grants WinRM configuration to BA (and read to interactive users, which a network
+        logon is not)."""
+        if identity.user not in self.host.administrators:
+            raise WSManFault(5, "Access is denied.", subcode="w:AccessDenied", value="s:Sender")
+        qu = self.host.quotas
+        if uri.endswith("/config/winrs"):
+            ns = "http://schemas.microsoft.com/wbem/wsman/1/config/winrs"
+            winrs = ET.Element(f"{{{ns}}}Winrs")
+            for name, value in (
+                ("AllowRemoteShellAccess", "true"),
+                ("IdleTimeout", str(int(qu.IdleTimeout * 1000))),
+                ("MaxConcurrentUsers", str(qu.MaxConcurrentUsers)),
+                ("MaxShellRunTime", "2147483647"),
+                ("MaxProcessesPerShell", str(qu.MaxProcessesPerShell)),
+                ("MaxMemoryPerShellMB", str(qu.MaxMemoryPerShellMB)),
+                ("MaxShellsPerUser", str(qu.MaxShellsPerUser)),
+            ):
+                ET.SubElement(winrs, f"{{{ns}}}{name}").text = value
+            return winrs
+        name = req.selectors.get("Name", "")
+        if name.lower() not in self.host.endpoints:
+            raise WSManFault(2150858752, f"The WS-Management service cannot find the plugin {name!r}.")
+        ns = "http://schemas.microsoft.com/wbem/wsman/1/config/PluginConfiguration"
+        plugin = ET.Element(f"{{{ns}}}PlugInConfiguration", {"Name": name})
+        unlimited = "2147483647"  # PowerShell's registration defaults (facts §7.2)
+        ET.SubElement(
+            plugin,
+            f"{{{ns}}}Quotas",
+            {
+                "IdleTimeoutms": "7200000",
+                "MaxIdleTimeoutms": unlimited,
+                "MaxConcurrentUsers": unlimited,
+                "MaxProcessesPerShell": unlimited,
+                "MaxMemoryPerShellMB": unlimited,
+                "MaxShells": unlimited,
+                "MaxShellsPerUser": unlimited,
+                "MaxConcurrentCommandsPerShell": unlimited,
+            },
+        )
+        return plugin
+
     def _get(self, req: wsman.Request, identity: Identity) -> list[ET.Element]:
         if req.shell_id:
             return [self._shell(req, identity).shell_xml()]
+        uri = req.resource_uri.rstrip("/").lower()
+        if uri.endswith(("/config/winrs", "/config/plugin")):
+            return [self._quota_config(uri, req, identity)]
         if req.resource_uri.rstrip("/").endswith("/config"):
             cfg = ET.Element(q("cfg", "Config"))
             ET.SubElement(cfg, q("cfg", "MaxEnvelopeSizekb")).text = str(self.host.quotas.MaxEnvelopeSizekb)

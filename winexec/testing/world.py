@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from winexec.config import HostSpec
+from winexec.config import DEFAULT_MAX_SHELLS_PER_USER, DEFAULT_MAX_USERS
 from winexec.sim.accounts import share
 from winexec.sim.cluster import SimCluster
 from winexec.sim.kdc import Realm
@@ -57,11 +57,11 @@ def host_entry(host: Any, slots: int, name: str | None = None, configuration: st
     if configuration:
         entry += f"&configuration={configuration}"
     quotas = {
-        "max_shells_per_user": host.quotas.MaxShellsPerUser,
-        "max_users": host.quotas.MaxConcurrentUsers,
+        "max_shells_per_user": (host.quotas.MaxShellsPerUser, DEFAULT_MAX_SHELLS_PER_USER),
+        "max_users": (host.quotas.MaxConcurrentUsers, DEFAULT_MAX_USERS),
     }
-    for key, value in quotas.items():
-        if value != getattr(HostSpec, key) and value >= 2:
+    for key, (value, default) in quotas.items():
+        if value != default and value >= 2:
             entry += f"&{key}={value}"
     return entry
 

@@ -1,0 +1,199 @@
+"""``python -m winexec.agent --canary``: what a task needs from this host, tried as this principal.
+
+Run by ``airflow winexec check --canary`` in a WinRM shell of every configured principal, so each
+check runs in the logon a task of that principal gets: the interpreter and packages, a fresh
+Task SDK import (timed: a task pays it on every start), a contained process tree created and
+killed (the Job Object on Windows), the principal's private run folder, a file named as Airflow
+names a scheduled run's log (NTFS refuses ``:``), and the Kerberos tickets of the logon as the
+host's ``klist`` shows them. Each check is one ``{"name", "ok", "detail", "fix"}``; none raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from winexec.agent import hostinfo, spool
+from winexec.agent.containment import IS_WINDOWS, Containment
+from winexec.protocol import host_path
+
+#: A scheduled run's log path as Airflow writes it: the ``:`` of its timestamp is no NTFS name.
+SCHEDULED_LOG = "dag_id=canary/run_id=scheduled__2026-01-01T00:00:00+00:00/task_id=t/attempt=1.log"
+#: Seconds the Task SDK's import may take before the check says it is slow for a task start.
+SLOW_IMPORT = 10.0
+
+Check = dict[str, Any]
+
+
+def _check(name: str, ok: bool, detail: str, fix: str = "") -> Check:
+    return {"name": name, "ok": ok, "detail": detail, "fix": "" if ok else fix}
+
+
+def interpreter() -> Check:
+    info = hostinfo.self_check()
+    detail = (
+        f"Python {info['python']} ({info['executable']}), Task SDK {info.get('task_sdk')}, "
+        f"winexec {info.get('winexec')}, {info['platform']}"
+    )
+    missing = "; ".join(info.get("problems") or [])
+    return _check(
+        "python",
+        bool(info["ok"]),
+        detail + (f"; {missing}" if missing else ""),
+        "pip install winexec for this interpreter (docs/windows-host-setup.md, step 3)",
+    )
+
+
+def sdk_import() -> Check:
+    """A fresh interpreter imports the task runner, as every task's runner does."""
+    code = (
+        "import time; t = time.perf_counter()\n"
+        "from winexec.agent import compat; compat.install_runner()\n"
+        "import airflow.sdk.execution_time.task_runner\n"
+        "print(round(time.perf_counter() - t, 3))\n"
+    )
+    t0 = time.monotonic()
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        return _check(
+            "Task SDK import", False, f"cannot start {sys.executable}: {e}", "check [winexec] python"
+        )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        return _check(
+            "Task SDK import",
+            False,
+            f"the task runner does not import: {last}",
+            "pip install winexec (it brings apache-airflow-task-sdk) for this interpreter",
+        )
+    took = float(done.stdout.strip() or 0.0)
+    total = time.monotonic() - t0
+    return _check(
+        "Task SDK import",
+        took < SLOW_IMPORT,
+        f"{took:.2f} s (interpreter start included: {total:.2f} s); every task's start pays it",
+        "the host is slow or overloaded (antivirus scanning site-packages is common): exclude the "
+        "Python install from real-time scanning, or give the host more CPU",
+    )
+
+
+def containment() -> Check:
+    """A tree of two processes in the container (a Job Object on Windows), then killed whole."""
+    script = (
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "time.sleep(120)\n"
+    )
+    box = Containment()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script], stdin=subprocess.DEVNULL, **box.popen_kwargs()
+        )
+        box.adopt(proc)
+    except OSError as e:
+        return _check(
+            "process tree",
+            False,
+            f"cannot start a contained process: {e}",
+            "the account may not create Job Objects here; see the error",
+        )
+    try:
+        deadline = time.monotonic() + 15
+        seen = box.snapshot()
+        while len(seen) < 2 and time.monotonic() < deadline and not IS_WINDOWS:
+            time.sleep(0.1)
+            seen = box.snapshot()
+        box.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        left = box.snapshot()
+    finally:
+        box.close()
+    kind = "Job Object" if IS_WINDOWS else "session"
+    ok = proc.poll() is not None and not left
+    return _check(
+        "process tree",
+        ok,
+        f"{kind} with {max(len(seen), 1)} process(es) created and killed"
+        + ("" if ok else f"; still alive: {left}"),
+        "report this: a task's processes could outlive it",
+    )
+
+
+def run_folder() -> Check:
+    try:
+        mine = spool.spool_dir()
+    except OSError as e:
+        return _check("run folder", False, str(e), f"as an administrator: {spool.PREPARE}")
+    if IS_WINDOWS:  # pragma: no cover - the ACL as Windows reports it
+        acl = subprocess.run(
+            [os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32", "icacls.exe"), str(mine)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        detail = " ".join(acl.stdout.split())
+    else:
+        st = mine.stat()
+        detail = f"{mine}: mode {oct(st.st_mode & 0o7777)}, owner uid {st.st_uid}, private to this account"
+    return _check("run folder", True, detail)
+
+
+def ntfs_names() -> Check:
+    base = Path(tempfile.gettempdir()) / "winexec-canary"
+    target = base / host_path(SCHEDULED_LOG)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("canary")
+        target.unlink()
+    except OSError as e:
+        return _check("NTFS-safe paths", False, f"cannot write {target}: {e}", "report this with the path")
+    finally:
+        with contextlib.suppress(OSError):
+            import shutil
+
+            shutil.rmtree(base)
+    return _check(
+        "NTFS-safe paths", True, f"a scheduled run's log path written as {host_path(SCHEDULED_LOG)}"
+    )
+
+
+def tickets() -> Check:
+    found = hostinfo.delegation()
+    who = f" of {found['principal']}" if found.get("principal") else ""
+    return {
+        "name": "tickets",
+        "ok": True,
+        "detail": f"{found['seen']}{who} (read with {found['via']})",
+        "fix": "",
+        "delegated": found["delegated"],
+        "seen": found["seen"],
+    }
+
+
+CHECKS: tuple[Callable[[], Check], ...] = (
+    interpreter,
+    sdk_import,
+    containment,
+    run_folder,
+    ntfs_names,
+    tickets,
+)
+
+
+def run() -> dict[str, Any]:
+    checks = []
+    for check in CHECKS:
+        try:
+            checks.append(check())
+        except Exception as e:  # a canary reports; it never takes the host's word for granted
+            checks.append(_check(check.__name__, False, f"{type(e).__name__}: {e}", "report this"))
+    return {"ok": all(c["ok"] for c in checks), "checks": checks, "user": hostinfo.user_name()}

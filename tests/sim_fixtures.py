@@ -8,6 +8,7 @@ and ``SIM_CLUSTER`` for other SimCluster options.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -35,3 +36,28 @@ def realm(sim: tuple[Realm, SimCluster]) -> Realm:
 @pytest.fixture
 def host(sim: tuple[Realm, SimCluster]) -> SimHost:
     return sim[1].hosts[0]
+
+
+def run_python(
+    host: SimHost, realm: Realm, principal: str, *args: str, delegate: bool = False
+) -> dict[str, Any]:
+    """``python <args>`` as a native command in a PSRP shell of ``principal`` on ``host``; its last
+    JSON line (the tests' probes print one)."""
+    import json
+    import sys
+
+    from pypsrp.powershell import PowerShell, PSInvocationState, RunspacePool
+
+    from winexec.sim.testing import wsman
+
+    with RunspacePool(wsman(host, realm, principal, delegate=delegate)) as pool:
+        ps = PowerShell(pool)
+        ps.add_cmdlet(sys.executable)
+        for arg in args:
+            ps.add_argument(arg)
+        ps.invoke()
+        assert ps.state == PSInvocationState.COMPLETED, ps.streams.error
+        lines = [str(o) for o in ps.output if str(o).startswith("{")]
+        assert lines, "\n".join(str(e) for e in ps.streams.error)
+        result: dict[str, Any] = json.loads(lines[-1])
+        return result

@@ -8,20 +8,17 @@ whole path on the stand-in, whose ``System32\\klist.exe`` prints the logon's tic
 
 from __future__ import annotations
 
-import json
 import stat
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pypsrp.powershell import PowerShell, PSInvocationState, RunspacePool
 
 from tests import sim_fixtures
 from winexec.agent import hostinfo
 from winexec.sim import SimHost
 from winexec.sim.kdc import Realm
-from winexec.sim.testing import wsman
 
 SIM_PRINCIPALS = ("airflow", "alice")
 host, realm, sim = sim_fixtures.host, sim_fixtures.realm, sim_fixtures.sim
@@ -152,16 +149,9 @@ def test_delegation_tells_a_forwarded_tgt_from_the_rest(
 
 
 def _self_check(host: SimHost, realm: Realm, principal: str, delegate: bool) -> dict[str, Any]:
-    with RunspacePool(wsman(host, realm, principal, delegate=delegate)) as pool:
-        ps = PowerShell(pool)
-        ps.add_cmdlet(sys.executable).add_argument("-m").add_argument("winexec.agent")
-        ps.add_argument("--self-check")
-        ps.invoke()
-        assert ps.state == PSInvocationState.COMPLETED, ps.streams.error
-        lines = [str(o) for o in ps.output if str(o).startswith("{")]
-        assert lines, "\n".join(str(e) for e in ps.streams.error)
-        result: dict[str, Any] = json.loads(lines[-1])
-        return result
+    return sim_fixtures.run_python(
+        host, realm, principal, "-m", "winexec.agent", "--self-check", delegate=delegate
+    )
 
 
 @pytest.mark.parametrize("delegate", [True, False], ids=["delegated", "not-delegated"])

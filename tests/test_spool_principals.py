@@ -11,15 +11,11 @@ assertions below state too.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
-
-from pypsrp.powershell import PowerShell, PSInvocationState, RunspacePool
 
 from tests import sim_fixtures
 from winexec.sim import SimHost, accounts
 from winexec.sim.kdc import Realm
-from winexec.sim.testing import wsman
 
 SIM_PRINCIPALS = ("airflow", "alice")
 host, realm, sim = sim_fixtures.host, sim_fixtures.realm, sim_fixtures.sim
@@ -66,16 +62,7 @@ print(json.dumps(out))
 
 
 def as_principal(host: SimHost, realm: Realm, principal: str, **args: Any) -> dict[str, Any]:
-    with RunspacePool(wsman(host, realm, principal)) as pool:
-        ps = PowerShell(pool)
-        ps.add_cmdlet(sys.executable).add_argument("-c").add_argument(AS_PRINCIPAL)
-        ps.add_argument(json.dumps(args))
-        ps.invoke()
-        assert ps.state == PSInvocationState.COMPLETED, ps.streams.error
-        lines = [str(o) for o in ps.output if str(o).startswith("{")]
-        assert lines, "\n".join(str(e) for e in ps.streams.error)
-        result: dict[str, Any] = json.loads(lines[-1])
-        return result
+    return sim_fixtures.run_python(host, realm, principal, "-c", AS_PRINCIPAL, json.dumps(args))
 
 
 def test_one_principal_cannot_read_stop_or_preempt_anothers_runs(realm: Realm, host: SimHost) -> None:

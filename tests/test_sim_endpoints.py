@@ -281,3 +281,17 @@ def _eventually(check: object, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.1)
     return bool(check())  # type: ignore[operator]
+
+
+def test_the_pool_tells_its_powershell_version_as_the_server_does(pool: RunspacePool) -> None:
+    """APPLICATION_PRIVATE_DATA carries the server's $PSVersionTable, PSVersion the true version
+    (PowerShell's ServerRunspacePoolDataStructureHandler.SendApplicationPrivateDataToClient)."""
+    private = pool.application_private_data
+    assert private is not None
+    table = private.data["PSVersionTable"]
+    if pool.configuration_name == "PowerShell.7":
+        assert table["PSEdition"] == "Core" and str(table["PSVersion"]).startswith("7.")
+    else:
+        assert table["PSEdition"] == "Desktop" and str(table["PSVersion"]).startswith("5.1.")
+        assert str(table["CLRVersion"]).startswith("4.0.30319")
+    assert str(table["PSRemotingProtocolVersion"]) == "2.3"

@@ -204,70 +204,204 @@ def _spn_step(settings: Settings, host: HostSpec, principal: str, ccache: str) -
     return step
 
 
-def check_steps(settings: Settings, host_name: str | None, principal: str | None) -> list[Step]:
-    """Everything between the scheduler and a task on a host, one step at a time, with the fix."""
-    from winexec.hostcall import open_channel
-    from winexec.launcher import LaunchError, classify
-    from winexec.tickets import TicketError
+def check_steps(
+    settings: Settings, host_name: str | None, principal: str | None, canary: bool = False
+) -> list[Step]:
+    """Everything between the scheduler and a task on a host, one step at a time, with the fix.
 
-    principal = principal or settings.default_principal
+    ``canary``: as every configured principal (unless ``principal`` names one), the agent also
+    tries what a task needs on the host (:mod:`winexec.agent.canary`), and each host's WinRM
+    quotas are read and set against its hosts entry.
+    """
+    if principal:
+        principals = [principal]
+    else:
+        principals = settings.static_principals() if canary else [settings.default_principal]
     steps = [Step("settings", True, f"[winexec] valid: {len(settings.hosts)} host(s)")]
     hosts = _pick_hosts(settings, host_name)
-    store, errors = _store(settings, [principal])
+    store, errors = _store(settings, principals)
     try:
-        if principal in errors:
-            steps.append(
-                Step(
-                    "keytab",
-                    False,
-                    errors[principal],
-                    fix="export the principal's keytab and set [winexec] keytabs/keytab_dir/default_keytab",
-                    principal=principal,
-                )
-            )
-            return steps
-        steps.append(Step("keytab", True, str(settings.keytab_for(principal)), principal=principal))
-        try:
-            cred = store.get(principal)
-        except TicketError as e:
-            steps.append(Step("TGT", False, str(e), fix=e.message, principal=principal))
-            return steps
-        steps.append(
-            Step(
-                "TGT",
-                True,
-                f"valid until {_when(cred.expires_at)}, renewable until {_when(cred.renew_till)}",
-                principal=principal,
-            )
-        )
-        delegate = settings.delegated_anywhere(principal)
+        creds = {}
+        for p in principals:
+            cred = _ticket_steps(settings, store, errors.get(p), p, steps)
+            if cred is not None:
+                creds[p] = cred
         for host in hosts:
-            spn = _spn_step(settings, host, principal, cred.ccache)
-            steps.append(spn)
-            if not spn.ok:
-                continue
-            shell = Step("open shell", False, "", host=host.name, principal=principal)
-            steps.append(shell)
-            try:
-                with open_channel(settings, host, principal, delegate, store) as channel:
-                    shell.ok, shell.detail = True, f"WinRM shell as {principal} (delegate={delegate})"
-                    info = channel.agent("--self-check")
-            except LaunchError as e:
-                target = shell
-                if shell.ok:
-                    target = Step("agent self-check", False, "", host=host.name, principal=principal)
-                if target is not shell:
-                    steps.append(target)
-                target.ok, target.detail, target.fix = False, e.reason, _fix_for(e, settings)
-                continue
-            except Exception as e:
-                err = classify(e, host, principal)
-                shell.ok, shell.detail, shell.fix = False, err.reason, _fix_for(err, settings)
-                continue
-            steps.extend(_self_check_steps(info, host, principal, delegate))
+            quotas = _Quotas()
+            for p, cred in creds.items():
+                steps.extend(_host_steps(settings, store, host, p, cred.ccache, quotas if canary else None))
+            if canary and creds:
+                steps.append(quotas.step(host))
     finally:
         store.close()
     return steps
+
+
+def _ticket_steps(
+    settings: Settings, store: TicketStore, error: str | None, principal: str, steps: list[Step]
+) -> Any:
+    """The keytab and TGT steps of one principal; its credential, or ``None`` when either failed."""
+    from winexec.tickets import TicketError
+
+    if error is not None:
+        steps.append(
+            Step(
+                "keytab",
+                False,
+                error,
+                fix="export the principal's keytab and set [winexec] keytabs/keytab_dir/default_keytab",
+                principal=principal,
+            )
+        )
+        return None
+    steps.append(Step("keytab", True, str(settings.keytab_for(principal)), principal=principal))
+    try:
+        cred = store.get(principal)
+    except TicketError as e:
+        steps.append(Step("TGT", False, str(e), fix=e.message, principal=principal))
+        return None
+    steps.append(
+        Step(
+            "TGT",
+            True,
+            f"valid until {_when(cred.expires_at)}, renewable until {_when(cred.renew_till)}",
+            principal=principal,
+        )
+    )
+    return cred
+
+
+def _host_steps(
+    settings: Settings,
+    store: TicketStore,
+    host: HostSpec,
+    principal: str,
+    ccache: str,
+    quotas: _Quotas | None,
+) -> list[Step]:
+    """Service ticket, shell and the agent on ``host`` as ``principal``; with ``quotas``, the canary."""
+    from winexec.hostcall import open_channel
+    from winexec.launcher import LaunchError, classify
+
+    delegate = settings.delegated_anywhere(principal)
+    spn = _spn_step(settings, host, principal, ccache)
+    if not spn.ok:
+        return [spn]
+    shell = Step("open shell", False, "", host=host.name, principal=principal)
+    steps = [spn, shell]
+    canary: dict[str, Any] = {}
+    try:
+        with open_channel(settings, host, principal, delegate, store) as channel:
+            shell.ok, shell.detail = True, f"WinRM shell as {principal} (delegate={delegate})"
+            if quotas is None:
+                info = channel.agent("--self-check")
+            else:
+                steps.append(_endpoint_step(channel.powershell(), host, principal))
+                canary = channel.agent("--canary")
+                info = canary.get("self_check") or {}
+                quotas.read(channel)
+    except LaunchError as e:
+        target = Step("agent self-check", False, "", host=host.name, principal=principal)
+        if not shell.ok:
+            target = shell
+        else:
+            steps.append(target)
+        target.ok, target.detail, target.fix = False, e.reason, _fix_for(e, settings)
+        return steps
+    except Exception as e:
+        err = classify(e, host, principal)
+        shell.ok, shell.detail, shell.fix = False, err.reason, _fix_for(err, settings)
+        return steps
+    steps.extend(_self_check_steps(info, host, principal, delegate))
+    for c in canary.get("checks") or []:
+        steps.append(Step(c["name"], bool(c["ok"]), c["detail"], c.get("fix") or "", host.name, principal))
+    return steps
+
+
+def _endpoint_step(table: dict[str, str], host: HostSpec, principal: str) -> Step:
+    """The endpoint's PowerShell, as the host said when the shell opened."""
+    version = table.get("PSVersion") or "unknown"
+    major = version.split(".")[0]
+    ok = major.isdigit() and int(major) >= 5
+    return Step(
+        "endpoint",
+        ok,
+        f"{host.configuration}: PowerShell {version} ({table.get('PSEdition') or 'Desktop'}), "
+        f"remoting protocol {table.get('PSRemotingProtocolVersion') or 'unknown'}",
+        fix=""
+        if ok
+        else "install Windows Management Framework 5.1 on the host (Windows Server 2016 and later ship "
+        "it), or name a PowerShell 7 endpoint with ?configuration= in its hosts entry",
+        host=host.name,
+        principal=principal,
+    )
+
+
+class _Quotas:
+    """One host's WinRM quotas as the first principal allowed to read them saw them."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, int] | None = None
+        self.refused: list[str] = []
+
+    def read(self, channel: Any) -> None:
+        from winexec.hostcall import QuotasUnreadable
+
+        if self.found is not None:
+            return
+        try:
+            self.found = channel.quotas()
+        except QuotasUnreadable:
+            self.refused.append(channel.principal)
+        except Exception as e:  # the canary goes on; the quota step says what happened
+            self.refused.append(f"{channel.principal} ({e})")
+
+    def step(self, host: HostSpec) -> Step:
+        entry = {"max_shells_per_user": host.max_shells_per_user, "max_users": host.max_users}
+        names = {"max_shells_per_user": "MaxShellsPerUser", "max_users": "MaxConcurrentUsers"}
+        placed = f"placement allows {host.shells_per_user} shells per user and {host.users} users at once"
+        if self.found is None:
+            said = [k for k, v in entry.items() if v is not None]
+            return Step(
+                "WinRM quotas",
+                True,
+                f"not readable by {', '.join(self.refused)} (Windows lets only Administrators read "
+                f"WinRM's configuration); {placed} "
+                + (
+                    f"(from its hosts entry: {', '.join(said)})"
+                    if len(said) == 2
+                    else "(the strictest defaults where its hosts entry says nothing): to use the "
+                    "host's own, run this check with an administrator principal, or read them there "
+                    "(winrm get winrm/config/winrs) and write ?max_shells_per_user=N&max_users=N "
+                    "into its hosts entry"
+                ),
+                host=host.name,
+            )
+        have = ", ".join(f"{k}={v}" for k, v in sorted(self.found.items()))
+        over = [
+            f"{k}={v} but the host allows {names[k]}={self.found[names[k]]}"
+            for k, v in entry.items()
+            if v is not None and names[k] in self.found and v > self.found[names[k]]
+        ]
+        if over:
+            return Step(
+                "WinRM quotas",
+                False,
+                f"{have}; its hosts entry says {'; '.join(over)}: the host would refuse shells placement "
+                "thinks it may open",
+                fix="lower them in its [winexec] hosts entry, or raise the quotas on the host as an "
+                "administrator, both the WinRS one and the endpoint's own (the smaller wins): "
+                "Set-Item WSMan:\\localhost\\Shell\\<quota> N and Set-Item "
+                f"WSMan:\\localhost\\Plugin\\{host.configuration}\\Quotas\\<quota> N",
+                host=host.name,
+            )
+        memory = self.found.get("MaxMemoryPerShellMB")
+        return Step(
+            "WinRM quotas",
+            True,
+            f"{have}; {placed}" + (f"; a task's processes together may use {memory} MB" if memory else ""),
+            host=host.name,
+        )
 
 
 def _fix_for(err: Any, settings: Settings) -> str:
@@ -415,7 +549,7 @@ def tickets_command(args: argparse.Namespace) -> None:
 
 
 def check_command(args: argparse.Namespace) -> None:
-    """``airflow winexec check``: exit status 1 when any step failed."""
+    """``airflow winexec check [--canary]``: exit status 1 when any step failed."""
     _quiet(args)
     from winexec.config import WinexecConfigError
 
@@ -424,7 +558,12 @@ def check_command(args: argparse.Namespace) -> None:
     except WinexecConfigError as e:
         steps = [Step("settings", False, p, fix="fix the option in airflow.cfg") for p in e.problems]
     else:
-        steps = check_steps(settings, getattr(args, "host", None), getattr(args, "principal", None))
+        steps = check_steps(
+            settings,
+            getattr(args, "host", None),
+            getattr(args, "principal", None),
+            canary=bool(getattr(args, "canary", False)),
+        )
     if args.output == "json":
         _print([asdict(s) for s in steps], "json")
     else:
@@ -450,6 +589,12 @@ def get_cli_commands() -> list[GroupCommand]:
 
     arg_host = Arg(("--host",), help="only this host (its name as in [winexec] hosts)")
     arg_principal = Arg(("--principal",), help="the principal to connect as (default: default_principal)")
+    arg_canary = Arg(
+        ("--canary",),
+        action="store_true",
+        help="also run the agent once on each host as every configured principal (or --principal): "
+        "PowerShell, Task SDK import time, a contained process tree, run folder, paths, WinRM quotas",
+    )
     return [
         GroupCommand(
             name="winexec",
@@ -465,7 +610,7 @@ def get_cli_commands() -> list[GroupCommand]:
                     name="check",
                     help="Check settings, keytab, TGT, service ticket, shell and the agent, with fixes",
                     func=lazy_load_command("winexec.cli.check_command"),
-                    args=(arg_host, arg_principal, ARG_OUTPUT, ARG_VERBOSE),
+                    args=(arg_host, arg_principal, arg_canary, ARG_OUTPUT, ARG_VERBOSE),
                 ),
                 ActionCommand(
                     name="tickets",

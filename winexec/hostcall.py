@@ -108,6 +108,15 @@ class HostChannel:
             "check that winexec is installed for that interpreter"
         )
 
+    def powershell(self) -> dict[str, str]:
+        """The endpoint's ``$PSVersionTable`` as the host sent it when the shell opened
+        (APPLICATION_PRIVATE_DATA; PSVersion, PSEdition, PSRemotingProtocolVersion...), as text."""
+        if self._pool is None:
+            self.open()
+        private = getattr(self._pool.application_private_data, "data", None) or {}
+        table = private.get("PSVersionTable") if isinstance(private, dict) else None
+        return {str(k): str(v) for k, v in (table or {}).items()} if isinstance(table, dict) else {}
+
     def quotas(self) -> dict[str, int]:
         """The host's WinRM shell quotas in effect for a PSRP shell: the smaller of the WinRS
         setting (``winrm get winrm/config/winrs``) and the endpoint's own (what

@@ -1,11 +1,12 @@
 """``python -m winexec.agent --canary``: what a task needs from this host, tried as this principal.
 
 Run by ``airflow winexec check --canary`` in a WinRM shell of every configured principal, so each
-check runs in the logon a task of that principal gets: the interpreter and packages, a fresh
-Task SDK import (timed: a task pays it on every start), a contained process tree created and
-killed (the Job Object on Windows), the principal's private run folder, a file named as Airflow
-names a scheduled run's log (NTFS refuses ``:``), and the Kerberos tickets of the logon as the
-host's ``klist`` shows them. Each check is one ``{"name", "ok", "detail", "fix"}``; none raises.
+check runs in the logon a task of that principal gets: a fresh Task SDK import (timed: a task pays
+it on every start), a contained process tree created and killed (the Job Object on Windows), the
+principal's private run folder, and a file named as Airflow names a scheduled run's log (NTFS
+refuses ``:``). The answer carries the self-check too (interpreter, packages, the logon's tickets
+as the host's ``klist`` shows them). Each check is one ``{"name", "ok", "detail", "fix"}``; none
+raises.
 """
 
 from __future__ import annotations
@@ -34,21 +35,6 @@ Check = dict[str, Any]
 
 def _check(name: str, ok: bool, detail: str, fix: str = "") -> Check:
     return {"name": name, "ok": ok, "detail": detail, "fix": "" if ok else fix}
-
-
-def interpreter() -> Check:
-    info = hostinfo.self_check()
-    detail = (
-        f"Python {info['python']} ({info['executable']}), Task SDK {info.get('task_sdk')}, "
-        f"winexec {info.get('winexec')}, {info['platform']}"
-    )
-    missing = "; ".join(info.get("problems") or [])
-    return _check(
-        "python",
-        bool(info["ok"]),
-        detail + (f"; {missing}" if missing else ""),
-        "pip install winexec for this interpreter (docs/windows-host-setup.md, step 3)",
-    )
 
 
 def sdk_import() -> Check:
@@ -116,6 +102,9 @@ def containment() -> Check:
             proc.wait(10)
         left = box.snapshot()
     finally:
+        if proc.poll() is None:  # the check itself failed: at least the root does not outlive it
+            with contextlib.suppress(OSError):
+                proc.kill()
         box.close()
     kind = "Job Object" if IS_WINDOWS else "session"
     ok = proc.poll() is not None and not left
@@ -166,34 +155,18 @@ def ntfs_names() -> Check:
     )
 
 
-def tickets() -> Check:
-    found = hostinfo.delegation()
-    who = f" of {found['principal']}" if found.get("principal") else ""
-    return {
-        "name": "tickets",
-        "ok": True,
-        "detail": f"{found['seen']}{who} (read with {found['via']})",
-        "fix": "",
-        "delegated": found["delegated"],
-        "seen": found["seen"],
-    }
-
-
-CHECKS: tuple[Callable[[], Check], ...] = (
-    interpreter,
-    sdk_import,
-    containment,
-    run_folder,
-    ntfs_names,
-    tickets,
-)
+CHECKS: tuple[Callable[[], Check], ...] = (sdk_import, containment, run_folder, ntfs_names)
 
 
 def run() -> dict[str, Any]:
+    from winexec.agent import compat
+
+    compat.install()  # the agent's own environment for a task, as `serve` has it
     checks = []
     for check in CHECKS:
         try:
             checks.append(check())
         except Exception as e:  # a canary reports; it never takes the host's word for granted
             checks.append(_check(check.__name__, False, f"{type(e).__name__}: {e}", "report this"))
-    return {"ok": all(c["ok"] for c in checks), "checks": checks, "user": hostinfo.user_name()}
+    # the self-check's facts (interpreter, packages, the logon's tickets) come along: one logon
+    return {"ok": all(c["ok"] for c in checks), "checks": checks, "self_check": hostinfo.self_check()}

@@ -32,6 +32,7 @@ from psrpcore.types import (
     ErrorRecord,
     NETException,
     PSInvocationState,
+    PSVersion,
     RunspacePoolState,
 )
 
@@ -268,18 +269,43 @@ class Endpoint:
     input object to it; Windows PowerShell 5.1 accumulates all input and starts the process only
     in ``Complete()``, after EndOfPipelineInput (§1.1, §1.9). ``input_encoding`` is the default
     ``$OutputEncoding`` (§1.5, §1.10); ``output_encoding`` what stdout is decoded with in a WinRM
-    session, which has no console (§2.4-2.5).
+    session, which has no console (§2.4-2.5). ``version_table`` is the ``$PSVersionTable`` the
+    server sends in APPLICATION_PRIVATE_DATA when the pool opens (sim/README.md, "PSVersionTable").
     """
 
     profile: str
     configuration: str
     starts_before_input: bool
     input_encoding: str
+    version_table: tuple[tuple[str, str], ...]
     output_encoding: str = "cp1252"
 
+    def private_data(self) -> dict[str, Any]:
+        """APPLICATION_PRIVATE_DATA: the server's ``$PSVersionTable``, versions as System.Version."""
+        table = {k: (v if k == "PSEdition" else PSVersion(v)) for k, v in self.version_table}
+        return {"PSVersionTable": table}
 
-WINDOWS_POWERSHELL_51 = Endpoint("windows-powershell-5.1", "Microsoft.PowerShell", False, "ascii")
-POWERSHELL_7 = Endpoint("powershell-7", "PowerShell.7", True, "utf-8")
+
+WINDOWS_POWERSHELL_51 = Endpoint(
+    "windows-powershell-5.1",
+    "Microsoft.PowerShell",
+    False,
+    "ascii",
+    (
+        ("PSVersion", "5.1.17763.1"),
+        ("PSEdition", "Desktop"),
+        ("BuildVersion", "10.0.17763.1"),
+        ("CLRVersion", "4.0.30319.42000"),
+        ("WSManStackVersion", "3.0"),
+    ),
+)
+POWERSHELL_7 = Endpoint(
+    "powershell-7",
+    "PowerShell.7",
+    True,
+    "utf-8",
+    (("PSVersion", "7.4.6"), ("PSEdition", "Core"), ("WSManStackVersion", "3.0")),
+)
 PROFILES = {e.profile: e for e in (WINDOWS_POWERSHELL_51, POWERSHELL_7)}
 
 
@@ -528,7 +554,7 @@ class PSRPShell(Shell):
     def __init__(self, *args: Any, creation_xml: bytes, endpoint: Endpoint, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.endpoint = endpoint
-        self.pool = psrpcore.ServerRunspacePool()
+        self.pool = psrpcore.ServerRunspacePool(application_private_data=endpoint.private_data())
         self.queues: dict[str | None, deque[bytes]] = {None: deque()}
         self.runs: dict[str, PipelineRun] = {}
         self.waiting: deque[PipelineRun] = deque()  # created, waiting for a free runspace

@@ -325,3 +325,29 @@ def test_the_sdk_still_installs_on_kill_as_a_sigterm_handler_of_the_signal_modul
     assert any("on_kill" in ast.unparse(fn) for fn in installers), (
         "its SIGTERM handler no longer calls on_kill"
     )
+
+
+# -- (f) membership, as the canary asks it of a grandchild -------------------------------------
+def test_contains_asks_is_process_in_job_of_the_tasks_own_job_and_closes_the_handle(host: Host) -> None:
+    c, _ = _adopted(host)
+    assert c.contains(5151) is False  # the fake leaves the BOOL at FALSE
+    assert host.names() == ["OpenProcess", "IsProcessInJob", "CloseHandle"]
+    assert host.args("OpenProcess") == [(0x1000, False, 5151)]  # PROCESS_QUERY_LIMITED_INFORMATION
+    process, job, _result = host.args("IsProcessInJob")[0]
+    assert job == JOB, "this job, not NULL (any job: WinRM's own holds every process of the shell)"
+    assert host.args("CloseHandle") == [(process,)]
+
+
+def test_contains_is_false_for_a_process_that_cannot_be_opened(host: Host) -> None:
+    c, _ = _adopted(host)
+    host.fail.add("OpenProcess")
+    assert c.contains(5151) is False
+    assert host.names() == ["OpenProcess"]
+
+
+def test_contains_raises_when_windows_cannot_answer(host: Host) -> None:
+    c, _ = _adopted(host)
+    host.fail.add("IsProcessInJob")
+    with pytest.raises(OSError, match="IsProcessInJob failed"):
+        c.contains(5151)
+    assert host.names() == ["OpenProcess", "IsProcessInJob", "CloseHandle"]

@@ -16,10 +16,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from winexec.agent import hostinfo, spool
 from winexec.agent.containment import IS_WINDOWS, Containment
@@ -72,16 +75,22 @@ def sdk_import() -> Check:
 
 
 def containment() -> Check:
-    """A tree of two processes in the container (a Job Object on Windows), then killed whole."""
+    """A child that starts a grandchild, as python.exe's venv launcher starts the real interpreter:
+    both must be in the container (the Job Object on Windows) and both gone after the kill."""
     script = (
         "import subprocess, sys, time\n"
-        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "print(p.pid, flush=True)\n"
         "time.sleep(120)\n"
     )
     box = Containment()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-c", script], stdin=subprocess.DEVNULL, **box.popen_kwargs()
+            [sys.executable, "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+            **box.popen_kwargs(),
         )
         box.adopt(proc)
     except OSError as e:
@@ -91,30 +100,56 @@ def containment() -> Check:
             f"cannot start a contained process: {e}",
             "the account may not create Job Objects here; see the error",
         )
+    kind = "Job Object" if IS_WINDOWS else "session"
     try:
-        deadline = time.monotonic() + 15
-        seen = box.snapshot()
-        while len(seen) < 2 and time.monotonic() < deadline and not IS_WINDOWS:
-            time.sleep(0.1)
-            seen = box.snapshot()
+        grandchild = _first_line(proc, 15)
+        inside = grandchild.isdigit() and box.contains(int(grandchild))
         box.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
-        left = box.snapshot()
+        survivors = [pid for pid in (proc.pid, int(grandchild) if grandchild.isdigit() else 0) if _alive(pid)]
     finally:
         if proc.poll() is None:  # the check itself failed: at least the root does not outlive it
             with contextlib.suppress(OSError):
                 proc.kill()
         box.close()
-    kind = "Job Object" if IS_WINDOWS else "session"
-    ok = proc.poll() is not None and not left
+    if not grandchild.isdigit():
+        return _check("process tree", False, "the child never started its own child", "report this")
+    if not inside:
+        return _check(
+            "process tree",
+            False,
+            f"a grandchild (pid {grandchild}) started outside the {kind}: a task's processes "
+            "could escape its stop",
+            "report this with the Windows version; a task's tree would not be stopped whole",
+        )
     return _check(
         "process tree",
-        ok,
-        f"{kind} with {max(len(seen), 1)} process(es) created and killed"
-        + ("" if ok else f"; still alive: {left}"),
+        not survivors,
+        f"a child and its child in one {kind}, killed whole"
+        + (f"; still alive: {survivors}" if survivors else ""),
         "report this: a task's processes could outlive it",
     )
+
+
+def _first_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The first line ``proc`` writes, or "" after ``timeout`` (a pipe cannot be polled on Windows)."""
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(proc.stdout.readline() if proc.stdout else ""))
+    reader.daemon = True
+    reader.start()
+    reader.join(timeout)
+    return got[0].strip() if got else ""
+
+
+def _alive(pid: int) -> bool:
+    if not pid:
+        return False
+    try:
+        p = psutil.Process(pid)
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def run_folder() -> Check:

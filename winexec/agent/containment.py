@@ -102,6 +102,10 @@ def _load_kernel32() -> Any:  # pragma: no cover - Windows only
     k32.TerminateJobObject.argtypes = [wintypes.HANDLE, wintypes.UINT]
     k32.CloseHandle.restype = wintypes.BOOL
     k32.CloseHandle.argtypes = [wintypes.HANDLE]
+    k32.OpenProcess.restype = wintypes.HANDLE
+    k32.OpenProcess.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.DWORD]
+    k32.IsProcessInJob.restype = wintypes.BOOL
+    k32.IsProcessInJob.argtypes = [wintypes.HANDLE, wintypes.HANDLE, ctypes.POINTER(wintypes.BOOL)]
     return k32
 
 
@@ -121,6 +125,7 @@ class _JobObject:
 
     JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x2000
     JobObjectExtendedLimitInformation = 9
+    PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
 
     def __init__(self, k32: Any = None) -> None:
         self._k32 = _load_kernel32() if k32 is None else k32
@@ -145,6 +150,19 @@ class _JobObject:
     def terminate(self, code: int = 1) -> None:
         if self._handle:
             self._k32.TerminateJobObject(self._handle, code)
+
+    def contains(self, pid: int) -> bool:
+        """``IsProcessInJob`` for ``pid`` and this job (not any job: WinRM's own holds the shell)."""
+        process = self._k32.OpenProcess(self.PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+        if not process:
+            return False  # gone (or never ours to open)
+        try:
+            result = wintypes.BOOL(0)
+            if not self._k32.IsProcessInJob(process, self._handle, ctypes.byref(result)):
+                raise _win_error("IsProcessInJob")
+            return bool(result.value)
+        finally:
+            self._k32.CloseHandle(process)
 
     def close(self) -> None:
         if self._handle:
@@ -246,6 +264,13 @@ class Containment:
                 if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
                     alive.append(pid)
         return sorted(alive)
+
+    def contains(self, pid: int) -> bool:
+        """Whether ``pid`` is in the container now: in the task's Job Object on Windows, in the
+        tree or session seen on POSIX. (The canary asks it of a grandchild.)"""
+        if self._job is not None:
+            return self._job.contains(pid)
+        return pid in self.snapshot()
 
     # -- stopping -------------------------------------------------------------------------
     def terminate(self) -> None:

@@ -69,6 +69,7 @@ class AirflowStack:
         config: Mapping[str, Mapping[str, Any]] | None = None,
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 180.0,
+        port: int | None = None,
     ) -> None:
         self._own_home = home is None
         self.home = Path(home) if home else Path(tempfile.mkdtemp(prefix="winexec-airflow-"))
@@ -86,7 +87,7 @@ class AirflowStack:
         self.extra_config = {k: dict(v) for k, v in (config or {}).items()}
         self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
-        self.port = free_port()
+        self.port = port or free_port()  # a fixed one where a real host must reach it
         self.api_url = f"http://127.0.0.1:{self.port}"
         self.execution_api_url = f"{self.api_url}/execution/"
         self.jwt_secret = secrets.token_urlsafe(32)

@@ -730,3 +730,36 @@ def test_the_same_try_queued_again_waits_for_its_previous_run(make_executor, tra
     assert _final(events, w.ti.key) == "success"
     assert first.phase.value == "done" and len(transport.sessions) == 2
     assert transport.sessions[0].start.launch_key != transport.sessions[1].start.launch_key
+
+
+def test_a_callback_workload_is_failed_with_the_reason_and_the_scheduler_loop_goes_on(
+    make_executor, transport
+) -> None:  # type: ignore[no-untyped-def]
+    """A DeadlineAlert's SyncCallback routed to winexec: the base class would raise (and crash the
+    scheduler on every restart); winexec fails the callback with the reason for Airflow to record."""
+    from airflow.executors.workloads.base import BundleInfo
+    from airflow.executors.workloads.callback import CallbackDTO, CallbackFetchMethod, ExecuteCallback
+    from airflow.models.callback import CallbackState
+
+    ex = make_executor()
+    callback = ExecuteCallback(
+        callback=CallbackDTO(
+            id=str(uuid.uuid4()),
+            fetch_method=CallbackFetchMethod.IMPORT_PATH,
+            data={"path": "alerts.page_oncall", "kwargs": {}},
+        ),
+        dag_rel_path=Path("d.py"),
+        token="callback-token",
+        log_path="executor_callbacks/d/r/x",
+        bundle_info=BundleInfo(name="dags"),
+    )
+    ex.queue_workload(callback, session=None)  # type: ignore[arg-type]
+    w = _workload()
+    _queue(ex, w)
+    events = _run_until(ex, lambda: not ex.running and not ex.queued_tasks)
+    state, reason = events[callback.key]
+    assert state == CallbackState.FAILED, events
+    assert "winexec runs tasks only, not ExecuteCallback workloads" in reason
+    assert 'executor="LocalExecutor"' in reason and "callback-token" not in reason
+    assert _final(events, w.ti.key) == "success"  # the loop went on and ran the task
+    assert not ex.queued_callbacks

@@ -208,7 +208,23 @@ class WindowsKerberosExecutor(BaseExecutor):
         The workload's TaskInstance carries queue and executor_config but not the pool, the
         task's ``run_as_user`` or its ``execution_timeout``; the scheduler's session is at hand
         here, so they are read now rather than from the scheduler loop later.
+
+        A workload winexec does not run (a DAG's ``ExecuteCallback``) is failed here with the
+        reason, for the scheduler to record on it: the base class raises, which crashes the
+        scheduler, and again on every restart while the callback stays pending.
         """
+        from airflow.executors import workloads as wl
+
+        if not isinstance(workload, wl.ExecuteTask):
+            reason = (
+                f"winexec runs tasks only, not {type(workload).__name__} workloads "
+                f"({getattr(workload, 'display_name', '?')}): give the callback an executor that runs "
+                'callbacks, e.g. SyncCallback(..., executor="LocalExecutor") with LocalExecutor also '
+                "in [core] executor, or use an AsyncCallback (it runs on the triggerer)"
+            )
+            self.log.error("winexec: %s", reason)
+            self.event_buffer[workload.key] = (workload.failure_state, reason)
+            return
         super().queue_workload(workload, session)
         ti = getattr(workload, "ti", None)
         if ti is None:
@@ -270,8 +286,8 @@ class WindowsKerberosExecutor(BaseExecutor):
         settings = self._s()
         capacity = self._hosts().free_slots() - self._waiting_count()
         for workload in workload_items:
-            if not isinstance(workload, wl.ExecuteTask):
-                raise ValueError(f"WindowsKerberosExecutor cannot run {type(workload).__name__} workloads")
+            if not isinstance(workload, wl.ExecuteTask):  # refused in queue_workload already
+                continue
             key = workload.ti.key
             if capacity <= 0:
                 break  # stays in queued_tasks; offered again next heartbeat

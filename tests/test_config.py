@@ -258,3 +258,13 @@ def test_every_declared_default_parses(tmp_path: Path) -> None:
     s = _load(tmp_path)
     for o in config.OPTIONS:
         assert hasattr(s, o.name)
+
+
+def test_a_host_entry_names_the_queues_it_serves() -> None:
+    h = parse_host("http://win03.t?queues=ssis+etl")
+    assert h.queues == frozenset({"ssis", "etl"})
+    assert h.serves("ssis") and h.serves("etl") and not h.serves("default") and not h.serves(None)
+    anywhere = parse_host("http://win01.t")
+    assert anywhere.queues == frozenset() and anywhere.serves("ssis") and anywhere.serves(None)
+    with pytest.raises(ValueError, match=r"queues= is empty \(write e.g. queues=ssis\+default"):
+        parse_host("http://win01.t?queues=")

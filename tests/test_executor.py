@@ -763,3 +763,27 @@ def test_a_callback_workload_is_failed_with_the_reason_and_the_scheduler_loop_go
     assert 'executor="LocalExecutor"' in reason and "callback-token" not in reason
     assert _final(events, w.ti.key) == "success"  # the loop went on and ran the task
     assert not ex.queued_callbacks
+
+
+def test_a_queue_picks_among_the_hosts_that_serve_it_and_one_nobody_serves_fails_at_once(
+    make_executor, transport, logs
+) -> None:  # type: ignore[no-untyped-def]
+    ex = make_executor(
+        hosts=(
+            HostSpec("win01.t", slots=2, queues=frozenset({"default"})),
+            HostSpec("ssis01.t", slots=2, queues=frozenset({"ssis"})),
+        )
+    )
+    ssis, plain, lost = (
+        _workload("pkg", queue="ssis"),
+        _workload("t", queue="default"),
+        _workload("x", queue="gpu"),
+    )
+    _queue(ex, ssis, plain, lost)
+    events = _run_until(ex, lambda: not ex.running)
+    assert _final(events, ssis.ti.key) == "success" and _final(events, plain.ti.key) == "success"
+    hosts = {s.start.workload["ti"]["task_id"]: s.host.name for s in transport.sessions}
+    assert hosts == {"pkg": "ssis01.t", "t": "win01.t"}, hosts
+    assert _final(events, lost.ti.key) == "failed"
+    text = (logs / lost.log_path).read_text()
+    assert "no host in [winexec] hosts serves queue 'gpu' (they serve: default, ssis)" in text, text

@@ -171,3 +171,22 @@ def test_a_host_takes_no_new_principal_once_its_user_quota_is_reached() -> None:
     assert pool.waits("dave") == "a: MaxConcurrentUsers (2: alice, bob); b: all 1 slot(s) taken"
     pool.release("a", "bob")
     assert pool.acquire("dave", exclude={"b"}).name == "a"  # type: ignore[union-attr]
+
+
+def test_a_queue_places_only_on_the_hosts_that_serve_it() -> None:
+    pool = HostPool(
+        [
+            HostSpec("win01.t", slots=2, queues=frozenset({"default"})),
+            HostSpec("ssis01.t", slots=1, queues=frozenset({"ssis"})),
+        ]
+    )
+    assert pool.serves("ssis") and pool.serves("default") and not pool.serves("gpu")
+    assert HostPool([HostSpec("any.t")]).serves("gpu")  # no queues=: every queue
+    first = pool.acquire("p", queue="ssis")
+    assert first is not None and first.name == "ssis01.t"
+    assert pool.acquire("p", queue="ssis") is None  # win01 has room but no SSIS
+    assert pool.waits("p", "ssis") == "ssis01.t: all 1 slot(s) taken"
+    default = [pool.acquire("p", queue="default"), pool.acquire("p", queue="default")]
+    assert [h.name for h in default if h] == ["win01.t", "win01.t"]  # never the SSIS host
+    only_ssis = HostPool([HostSpec("ssis01.t", queues=frozenset({"ssis"}))])
+    assert not only_ssis.serves("default") and only_ssis.queues() == "ssis"

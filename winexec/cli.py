@@ -104,6 +104,7 @@ def host_rows(settings: Settings, principal: str | None = None) -> list[dict[str
             "endpoint": f"{host.scheme}://{host.connect_address}:{host.port}",
             "health": "ok",
             "slots": host.slots,
+            "queues": " ".join(sorted(host.queues)) or "(all)",
             "used": None,
             "free": None,
             "running": [],

@@ -59,7 +59,8 @@ OPTIONS: tuple[Option, ...] = (
         "string",
         "",
         "The Windows hosts, comma or newline separated. Each entry is ``[scheme://]name[:port]"
-        "[?slots=N&address=A&configuration=C&max_shells_per_user=N&max_users=N]``: ``name`` is the "
+        "[?slots=N&address=A&configuration=C&max_shells_per_user=N&max_users=N&queues=Q1+Q2]``: "
+        "``name`` is the "
         "host's FQDN (the Kerberos SPN is "
         "``HTTP/<name>``), scheme ``http`` (default, port 5985) or ``https`` (port 5986), ``slots`` how "
         "many tasks may run on it at once (default ``default_slots``), ``address`` where to connect "
@@ -70,7 +71,9 @@ OPTIONS: tuple[Option, ...] = (
         "strictest a Windows Server 2016-2022 source reports; read the host's with "
         "``airflow winexec check --canary`` as an administrator principal, or ``winrm get "
         "winrm/config/winrs`` and ``Get-PSSessionConfiguration Microsoft.PowerShell | fl *`` on it): "
-        "placement never opens more shells there than they allow. Re-read every ``host_refresh_interval``: "
+        "placement never opens more shells there than they allow; ``queues`` the Airflow queues whose "
+        "tasks it runs (default every queue; an SSIS host: ``queues=ssis``), a task whose queue no "
+        "host serves fails at once with that reason. Re-read every ``host_refresh_interval``: "
         "a removed host gets no new tasks, its running tasks finish.",
         "https://win01.corp.example?slots=8, http://win02.corp.example:5985?address=10.0.0.12",
     ),
@@ -389,6 +392,12 @@ class HostSpec:
     #: endpoint's own quota), as the entry gives them or the executor read them; ``None``: unknown
     max_shells_per_user: int | None = None
     max_users: int | None = None
+    #: the Airflow queues whose tasks may run here (``?queues=ssis+etl``); empty: every queue
+    queues: frozenset[str] = frozenset()
+
+    def serves(self, queue: str | None) -> bool:
+        """Whether a task of ``queue`` may be placed here (an SSIS task only where SSIS is)."""
+        return not self.queues or (queue or "") in self.queues
 
     @property
     def shells_per_user(self) -> int:
@@ -534,7 +543,7 @@ def parse_host(entry: str, default_slots: int = 4) -> HostSpec:
     if parts.path not in ("", "/") or parts.username or parts.password or parts.fragment:
         raise ValueError(f"entry {raw!r}: only scheme://name:port?slots=N&address=A is allowed")
     query = parse_qs(parts.query, keep_blank_values=True)
-    allowed = ("slots", "address", "configuration", "max_shells_per_user", "max_users")
+    allowed = ("slots", "address", "configuration", "max_shells_per_user", "max_users", "queues")
     unknown = set(query) - set(allowed)
     if unknown:
         raise ValueError(
@@ -560,6 +569,9 @@ def parse_host(entry: str, default_slots: int = 4) -> HostSpec:
     address = query.get("address", [""])[-1].strip()
     if "address" in query and not address:
         raise ValueError(f"entry {raw!r}: address= is empty")
+    queues = frozenset(q for value in query.get("queues", []) for q in value.split())  # "+" is a space
+    if "queues" in query and not queues:
+        raise ValueError(f"entry {raw!r}: queues= is empty (write e.g. queues=ssis+default, or leave it out)")
     return HostSpec(
         name=name,
         scheme="https" if scheme == "https" else "http",
@@ -569,6 +581,7 @@ def parse_host(entry: str, default_slots: int = 4) -> HostSpec:
         configuration=configuration,
         max_shells_per_user=counts["max_shells_per_user"],
         max_users=counts["max_users"],
+        queues=queues,
     )
 
 

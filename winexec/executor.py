@@ -297,6 +297,14 @@ class WindowsKerberosExecutor(BaseExecutor):
                 continue  # stays in queued_tasks; offered again next heartbeat
             self.queued_tasks.pop(key, None)
             facts, timeout = self._facts.pop(key, (TaskFacts.from_ti(workload.ti), None))
+            if not self._hosts().serves(workload.ti.queue):
+                self.running.add(key)
+                reason = (
+                    f"no host in [winexec] hosts serves queue {workload.ti.queue!r} (they serve: "
+                    f"{self._hosts().queues()}): add it to a host's queues= or change the task's queue"
+                )
+                self._finish_unlaunched(key, workload.log_path, reason)
+                continue
             try:
                 ident = resolve(settings, facts)
             except IdentityError as e:
@@ -373,9 +381,12 @@ class WindowsKerberosExecutor(BaseExecutor):
                 self._forget(rec)
                 continue
             who = rec.identity.principal
-            host = pool.acquire(who, rec.excluded) or (pool.acquire(who) if rec.excluded else None)
+            queue = rec.workload.ti.queue if rec.workload is not None else None
+            host = pool.acquire(who, rec.excluded, queue) or (
+                pool.acquire(who, queue=queue) if rec.excluded else None
+            )
             if host is None:
-                why = pool.waits(who)
+                why = pool.waits(who, queue)
                 if why != rec.waits_for:  # said once per change, not every heartbeat
                     rec.waits_for = why
                     self.log.info("winexec: %s waits for a host: %s", rec.key, why)

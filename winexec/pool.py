@@ -119,15 +119,28 @@ class HostPool:
         return not (circuit == "half-open" and h.probing)
 
     # -- placement -------------------------------------------------------------------------
-    def acquire(self, principal: str = "", exclude: Iterable[str] = ()) -> HostSpec | None:
-        """Reserve a slot for a task of ``principal`` on the best host (not in ``exclude``);
-        ``None`` when none has room (:meth:`waits` says why)."""
+    def serves(self, queue: str | None) -> bool:
+        """Whether some configured host takes tasks of ``queue`` (busy or not)."""
+        return any(h.spec.serves(queue) for h in self._hosts.values() if not h.removed)
+
+    def queues(self) -> str:
+        """What the configured hosts serve, for a task whose queue none does."""
+        named = sorted({q for h in self._hosts.values() if not h.removed for q in h.spec.queues})
+        return ", ".join(named) or "every queue"
+
+    def acquire(
+        self, principal: str = "", exclude: Iterable[str] = (), queue: str | None = None
+    ) -> HostSpec | None:
+        """Reserve a slot for a task of ``principal`` and ``queue`` on the best host serving that
+        queue (not in ``exclude``); ``None`` when none has room (:meth:`waits` says why)."""
         now = self._clock()
         skip = set(exclude)
         best: HostState | None = None
         best_key: tuple[float, int, float, str] | None = None
         for h in self._hosts.values():
-            if h.name in skip or not self._placeable(h, now) or h.quota_for(principal):
+            if h.name in skip or not h.spec.serves(queue) or not self._placeable(h, now):
+                continue
+            if h.quota_for(principal):
                 continue
             key = (h.running / h.spec.slots, h.running, h.last_used, h.name)
             if best_key is None or key < best_key:
@@ -142,12 +155,13 @@ class HostPool:
         best.launches += 1
         return best.spec
 
-    def waits(self, principal: str) -> str:
-        """Why no host takes ``principal``'s task now: each host and what it waits for."""
+    def waits(self, principal: str, queue: str | None = None) -> str:
+        """Why no host takes ``principal``'s task of ``queue`` now: each host serving the queue
+        and what it waits for."""
         now = self._clock()
         why = []
         for h in self._hosts.values():
-            if h.removed:
+            if h.removed or not h.spec.serves(queue):
                 continue
             if quota := h.quota_for(principal):
                 why.append(f"{h.name}: {quota}")

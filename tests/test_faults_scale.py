@@ -192,7 +192,14 @@ class FaultInjector:
     Transient faults (refused connections, slow network, a dropped Receive, a full WinRM quota,
     a skewed clock, the KDC away) must cost no task. Destructive ones (a reboot, processes frozen
     beyond the heartbeat timeout) may fail the tasks then running on that host, with the reason.
+
+    A host gets its next fault only once the last has been undone and it has had time to
+    recover: stacked back to back, transient faults make a host unreachable for longer than the
+    heartbeat timeout, which is an outage, and failing its tasks is then what the executor must do.
     """
+
+    DURATION = {"refuse": 2.0, "stall": 3.0, "drop": 2.0, "quota": 3.0, "skew": 3.0, "kdc": 2.0}
+    RECOVERY = 2.0
 
     TRANSIENT = ("refuse", "stall", "drop", "quota", "skew", "kdc")
     DESTRUCTIVE = {"reboot": 2, "freeze": 1}  # at most this many of each
@@ -202,6 +209,7 @@ class FaultInjector:
         self.undo: list[tuple[float, Callable[[], None]]] = []
         self.log: list[tuple[float, str, str]] = []  # (when, kind, host)
         self.destroyed: set[str] = set()  # hosts hit by a destructive fault
+        self.clear_at: dict[str, float] = {}  # host (or "kdc") -> when it may take the next fault
         self.next_at = time.monotonic() + 2.0
         self.active = True
 
@@ -217,6 +225,10 @@ class FaultInjector:
         kinds = list(self.TRANSIENT) + [k for k, cap in self.DESTRUCTIVE.items() if used[k] < cap]
         kind = self.rnd.choice(kinds)
         host = self.rnd.choice(self.s.cluster.hosts)
+        target = "kdc" if kind == "kdc" else host.name
+        if self.clear_at.get(target, 0.0) > now:
+            return
+        self.clear_at[target] = now + self.DURATION.get(kind, 0.0) + self.RECOVERY
         f = host.faults
         if kind == "refuse":
             f.refuse(True)
@@ -245,6 +257,11 @@ class FaultInjector:
             f.freeze_processes()
             self.undo.append((now + self.hung_after + 3.0, f.thaw_processes))
         self.log.append((now, kind, host.name if kind != "kdc" else "kdc"))
+
+    def on(self, reason: str) -> list[tuple[float, str]]:
+        """The faults injected on the host (or the KDC) a failure names, for its message."""
+        start = self.log[0][0] if self.log else 0.0
+        return [(round(t - start, 1), kind) for t, kind, h in self.log if h in reason or h == "kdc"]
 
     def stop(self) -> None:
         """No new faults; undo the pending ones now."""
@@ -290,7 +307,8 @@ def test_500_tasks_through_5_hosts_with_random_faults(s: Scale) -> None:
     for k, reason in failed.items():
         host = next((h for h in faults.destroyed if h in str(reason)), None)
         if "no heartbeat from" in reason or "WinRM shell of this run is gone" in reason:
-            assert host is not None, f"{k}: {reason} on a host without a destructive fault"
+            hit = faults.on(reason)
+            assert host is not None, f"{k}: {reason} on a host without a destructive fault: {hit}"
         elif "whether the task started there is unknown" in reason:  # the launch was ambiguous
             assert starts[(by_id[k], 1)] <= 1, (k, reason)
         elif "WinRM shell of this run vanished from" in reason:  # rebooted mid-launch

@@ -383,6 +383,30 @@ def test_admission_ranks_live_agents_of_this_computer_by_claim_time(tmp_path: Pa
     assert spool.take_slot(again, 2, alive, tmp_path)  # old junk counts for nothing
 
 
+def test_admission_weighs_each_run_by_the_slots_it_takes(tmp_path: Path) -> None:
+    """A heavy task (``pool_slots``) is admitted only where its weight fits after the runs ahead
+    of it; an entry claiming more than the host's slots weighs the slots, not more."""
+    other = (os.getppid(), psutil.Process(os.getppid()).create_time())
+    alive = lambda pid, ct: psutil.pid_exists(pid)  # noqa: E731
+    body = {"run_id": "ahead", "started": 1.0, "computer": "WIN01", "weight": 2}
+    (tmp_path / "ahead.slot").write_text(
+        json.dumps({**body, "agent_pid": other[0], "agent_create_time": other[1]})
+    )
+    heavy = spool.Marker(tmp_path / "heavy.json", {"run_id": "heavy", "started": 2.0, "computer": "WIN01"})
+    assert not spool.take_slot(heavy, 4, alive, tmp_path, weight=3)  # 2 ahead + 3 > 4
+    assert spool.take_slot(heavy, 5, alive, tmp_path, weight=3)  # 2 + 3 fits in 5
+    assert json.loads(Path(heavy.data["slot"]).read_text())["weight"] == 3
+    spool.release_slot(heavy)
+    light = spool.Marker(tmp_path / "light.json", {"run_id": "light", "started": 3.0, "computer": "WIN01"})
+    assert spool.take_slot(light, 3, alive, tmp_path)  # weight 1: 2 + 1 fits in 3
+    spool.release_slot(light)
+    body["weight"] = 99  # forged: weighs at most the host's slots
+    (tmp_path / "ahead.slot").write_text(
+        json.dumps({**body, "agent_pid": other[0], "agent_create_time": other[1]})
+    )
+    assert not spool.take_slot(light, 3, alive, tmp_path)
+
+
 # -- file names on the host --------------------------------------------------------------------
 AIRFLOW_LOG = "dag_id=d/run_id=scheduled__2026-01-01T00:00:00+00:00/task_id=t/attempt=1.log"
 TRICKY = ["a:b", "a%3Ab", "a%b", "a%25b", "CON", "%43ON", "con.txt", "x.", "x%2E", "x ", 'q"<>|?*\\\x01', "."]

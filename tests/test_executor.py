@@ -182,7 +182,10 @@ def _settings(**kw: Any) -> Settings:
 
 
 def _workload(
-    task_id: str = "t", executor_config: dict[str, Any] | None = None, queue: str = "default"
+    task_id: str = "t",
+    executor_config: dict[str, Any] | None = None,
+    queue: str = "default",
+    pool_slots: int = 1,
 ) -> Any:
     from airflow.executors.workloads.base import BundleInfo
     from airflow.executors.workloads.task import ExecuteTask, TaskInstanceDTO
@@ -194,7 +197,7 @@ def _workload(
         run_id="r",
         try_number=1,
         dag_version_id=uuid.uuid4(),
-        pool_slots=1,
+        pool_slots=pool_slots,
         priority_weight=1,
         queue=queue,
         executor_config=executor_config,
@@ -787,3 +790,25 @@ def test_a_queue_picks_among_the_hosts_that_serve_it_and_one_nobody_serves_fails
     assert _final(events, lost.ti.key) == "failed"
     text = (logs / lost.log_path).read_text()
     assert "no host in [winexec] hosts serves queue 'gpu' (they serve: default, ssis)" in text, text
+
+
+def test_a_heavy_task_takes_its_pool_slots_on_one_host_and_one_too_heavy_for_any_fails_at_once(
+    make_executor, transport, logs
+) -> None:  # type: ignore[no-untyped-def]
+    ex = make_executor(hosts=(HostSpec("win01.t", slots=3), HostSpec("win02.t", slots=1)))
+    heavy, light, huge = (
+        _workload("heavy", pool_slots=3),
+        _workload("light"),
+        _workload("huge", executor_config={"winexec": {"slots": 4}}),
+    )
+    _queue(ex, heavy, light, huge)
+    failed_log = logs / huge.log_path
+    events = _run_until(ex, lambda: not ex.running and not ex.queued_tasks and failed_log.exists())
+    assert _final(events, heavy.ti.key) == "success" and _final(events, light.ti.key) == "success"
+    starts = {s.start.workload["ti"]["task_id"]: s for s in transport.sessions}
+    assert starts["heavy"].host.name == "win01.t" and starts["heavy"].start.weight == 3
+    assert starts["light"].host.name == "win02.t" and starts["light"].start.weight == 1
+    assert "huge" not in starts and _final(events, huge.ti.key) == "failed"
+    text = failed_log.read_text()
+    assert "the task takes 4 host slots" in text and "no host serving queue 'default' has more than 3" in text
+    assert all(h.running == 0 for h in ex.pool.hosts)

@@ -59,6 +59,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "connect_timeout": "5",
             "io_workers": "8",
             "launch_backoff": "0.5",
+            "host_refresh_interval": "5",  # a drain or resume is honoured within seconds
             # the pool's principal everywhere; alice, with her TGT forwarded, only for the DAG
             # whose double_hop needs it; nobody for nothing
             "grants": f"airflow@WINEXEC.TEST: dag_id=*\nalice@WINEXEC.TEST: dag_id={DAG_ID} delegate",
@@ -240,3 +241,53 @@ def test_running_tasks_survive_a_scheduler_restart(world: World, stack: AirflowS
     assert stack.xcom(dag_id, run_id, "long_sleep") == "slept through a scheduler restart"
     log = stack.log_tail("scheduler", 10_000_000)
     assert "left running on" in log and "adopted TaskInstanceKey(dag_id='winexec_adopt'" in log
+
+
+def _agent_runs(host: Any, since: float) -> int:
+    """Task launches on ``host`` since then (not the CLI's ``--runs`` or a ``--stop``)."""
+    return sum(1 for e in host.pipeline_log if e["time"] >= since and e["argv"][-1] == "winexec.agent")
+
+
+def _wait_in_log(stack: AirflowStack, text: str, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while stack.log_tail("scheduler", 10_000_000).count(text) < count:
+        assert time.monotonic() < deadline, (text, stack.log_tail("scheduler", 5000))
+        time.sleep(0.5)
+
+
+@pytest.mark.timeout(600)
+def test_a_drained_host_gets_no_new_task_after_a_restart_until_resumed(
+    world: World, stack: AirflowStack
+) -> None:
+    """``airflow winexec hosts drain`` lives in Airflow's database: the running scheduler honours it
+    at its next host refresh, a restarted one from its start, and ``resume`` undoes it."""
+    dag_id, win01 = "winexec_adopt", world.cluster.hosts[0]
+    out = stack.cli("winexec", "hosts", "drain", win01.name, "--comment", "patch Tuesday").stdout
+    assert out.startswith(f"{win01.name} drained by ") and ": patch Tuesday." in out, out
+    rows = {
+        r["host"]: r
+        for r in json.loads(stack.cli("winexec", "hosts", "--output", "json", check=False).stdout)
+    }
+    assert rows[win01.name]["drained"].endswith(": patch Tuesday") and rows[win01.name]["health"] == "ok"
+    assert [rows[h.name]["drained"] for h in world.cluster.hosts[1:]] == ["", ""]
+    gone = f"winexec: {win01.name} gets no new tasks, drained by "
+    _wait_in_log(stack, gone, 1)  # the running scheduler, at its next refresh
+
+    old = stack.procs["scheduler"]
+    os.killpg(old.pid, signal.SIGTERM)
+    old.wait(90)
+    stack._spawn("scheduler", "scheduler")
+    _wait_in_log(stack, gone, 2)  # the new one, from its start
+    since = time.time()
+    runs = [stack.trigger(dag_id, conf={"sleep": 3}) for _ in range(4)]
+    assert [stack.wait_for_run(dag_id, r, timeout=240) for r in runs] == ["success"] * 4
+    assert _agent_runs(win01, since) == 0
+    assert sum(_agent_runs(h, since) for h in world.cluster.hosts[1:]) == 4
+
+    assert stack.cli("winexec", "hosts", "resume", win01.name).stdout.startswith(f"{win01.name} resumed")
+    _wait_in_log(stack, f"winexec: {win01.name} resumed: back in placement", 1)
+    since = time.time()
+    run = stack.trigger(dag_id, conf={"sleep": 1})
+    assert stack.wait_for_run(dag_id, run, timeout=240) == "success"
+    assert _agent_runs(win01, since) == 1  # idle longest of the idle hosts: placed first
+    assert "was not drained" in stack.cli("winexec", "hosts", "resume", win01.name).stdout

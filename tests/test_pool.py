@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from winexec.config import HostSpec
-from winexec.pool import HostPool
+from winexec.pool import HostPool, task_weight
 
 
 class Clock:
@@ -190,3 +192,46 @@ def test_a_queue_places_only_on_the_hosts_that_serve_it() -> None:
     assert [h.name for h in default if h] == ["win01.t", "win01.t"]  # never the SSIS host
     only_ssis = HostPool([HostSpec("ssis01.t", queues=frozenset({"ssis"}))])
     assert not only_ssis.serves("default") and only_ssis.queues() == "ssis"
+
+
+def test_a_drained_host_gets_no_new_task_and_its_running_ones_keep_their_slots() -> None:
+    pool = HostPool(_hosts(("a", 2), ("b", 2)), clock=Clock())
+    assert pool.acquire("p") is not None and pool["a"].running == 1  # a is placed on first
+    why = "drained by ops@admin01 at 2026-12-03T16:00:00+00:00: patch Tuesday"
+    assert pool.set_drained({"a": why}) == (["a"], [])
+    assert pool.set_drained({"a": why}) == ([], [])  # said once, not every refresh
+    placed = [pool.acquire("p"), pool.acquire("p")]
+    assert [h.name for h in placed if h] == ["b", "b"] and pool.acquire("p") is None
+    assert pool.free_slots() == 0 and pool["a"].running == 1  # a's task still holds its slot
+    assert pool.waits("p") == f"a: {why}; b: all 2 slot(s) taken"
+    assert pool.serves(None)  # drained is not gone: its tasks wait, they do not fail
+    pool.release("a", "p")
+    assert pool.acquire("p") is None  # a free slot on a drained host is still not placed on
+    assert pool.set_drained({}) == ([], ["a"])
+    back = pool.acquire("p")
+    assert back is not None and back.name == "a"
+    assert [d["drained"] for d in pool.describe()] == ["", ""]
+
+
+def test_a_heavy_task_takes_its_weight_in_slots_where_they_are_free() -> None:
+    pool = HostPool(_hosts(("a", 4), ("b", 2)), clock=Clock())
+    assert pool.fits(None, 4) and not pool.fits(None, 5)
+    assert pool.acquire("p") is not None and pool.acquire("p") is not None  # one on a, one on b
+    heavy = pool.acquire("p", weight=3)
+    assert heavy is not None and heavy.name == "a" and pool["a"].running == 4  # b has 1 free: no room
+    assert pool.acquire("p", weight=2) is None
+    assert pool.waits("p", weight=2) == "a: all 4 slot(s) taken; b: 1 of 2 slot(s) free, the task takes 2"
+    pool.release("a", "p", 3)
+    assert pool["a"].running == 1 and pool["a"].by_principal["p"] == 1
+    assert pool.claim("b", "p", 2) is not None and pool["b"].running == 3  # adopted: counted as it is
+
+
+def test_a_tasks_weight_is_its_executor_config_slots_else_its_pool_slots() -> None:
+    assert task_weight(1, None) == 1 and task_weight(3, None) == 3 and task_weight(0, {}) == 1
+    assert task_weight(1, {"winexec": {"slots": 4, "principal": "x@T"}}) == 4
+    assert task_weight(5, {"winexec": {"principal": "x@T"}}) == 5
+    for bad in (0, "2", 1.5, True):
+        with pytest.raises(
+            ValueError, match=r'executor_config\["winexec"\]\["slots"\] must be a whole number >= 1'
+        ):
+            task_weight(1, {"winexec": {"slots": bad}})

@@ -92,11 +92,17 @@ def _parallel(fn: Callable[[HostSpec], Any], hosts: list[HostSpec]) -> list[Any]
 
 def host_rows(settings: Settings, principal: str | None = None) -> list[dict[str, Any]]:
     """Per host: health of the authenticated channel, slots, and what the host says it runs."""
+    from winexec import maintenance
     from winexec.hostcall import open_channel
     from winexec.launcher import LaunchError, classify
 
     principal = principal or settings.default_principal
     store, errors = _store(settings, [principal])
+    try:
+        drains = {h: str(d) for h, d in maintenance.drained().items()}
+    except Exception as e:  # the hosts' own health is still worth showing
+        unknown = f"unknown: cannot read Airflow's database ({type(e).__name__})"
+        drains = {h.name: unknown for h in settings.hosts}
 
     def probe(host: HostSpec) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -105,6 +111,7 @@ def host_rows(settings: Settings, principal: str | None = None) -> list[dict[str
             "health": "ok",
             "slots": host.slots,
             "queues": " ".join(sorted(host.queues)) or "(all)",
+            "drained": drains.get(host.name, ""),
             "used": None,
             "free": None,
             "running": [],
@@ -532,12 +539,41 @@ def _quiet(args: argparse.Namespace) -> None:
 
 
 def hosts_command(args: argparse.Namespace) -> None:
-    """``airflow winexec hosts``."""
+    """``airflow winexec hosts [drain|resume HOST]``."""
     _quiet(args)
+    action = getattr(args, "action", None) or "list"
+    if action != "list":
+        _maintain(args, action)
+        return
     rows = host_rows(_settings(check_files=False), getattr(args, "principal", None))
     _print(rows if args.output == "json" else _table_rows(rows), args.output)
     if any(r["health"] != "ok" for r in rows):
         raise SystemExit(1)
+
+
+def _maintain(args: argparse.Namespace, action: str) -> None:
+    """``drain HOST`` / ``resume HOST``: for every scheduler on this database, from its next host
+    refresh (``host_refresh_interval``) or start."""
+    from winexec import maintenance
+
+    settings = _settings(check_files=False)
+    name = getattr(args, "name", None)
+    if not name:
+        raise SystemExit(f"airflow winexec hosts {action} needs a host: airflow winexec hosts {action} HOST")
+    host = _pick_hosts(settings, name)[0].name
+    comment = getattr(args, "comment", None) or ""
+    if action == "drain":
+        record = maintenance.drain(host, comment)
+        print(
+            f"{host} {record}. It gets no new tasks from any scheduler within host_refresh_interval "
+            f"({settings.host_refresh_interval:g} s); its running tasks finish. "
+            f"Undo: airflow winexec hosts resume {host}"
+        )
+    elif maintenance.resume(host):
+        every = f"{settings.host_refresh_interval:g} s"
+        print(f"{host} resumed: back in placement within host_refresh_interval ({every})")
+    else:
+        print(f"{host} was not drained")
 
 
 def tickets_command(args: argparse.Namespace) -> None:
@@ -590,6 +626,18 @@ def get_cli_commands() -> list[GroupCommand]:
 
     arg_host = Arg(("--host",), help="only this host (its name as in [winexec] hosts)")
     arg_principal = Arg(("--principal",), help="the principal to connect as (default: default_principal)")
+    arg_action = Arg(
+        ("action",),
+        nargs="?",
+        choices=("list", "drain", "resume"),
+        default="list",
+        help="list (default); drain HOST: no new tasks on it for any scheduler, its running tasks "
+        "finish; resume HOST: back in placement",
+    )
+    arg_name = Arg(
+        ("name",), nargs="?", metavar="HOST", help="the host to drain or resume, as [winexec] hosts names it"
+    )
+    arg_comment = Arg(("--comment",), help="why the host is drained (shown by airflow winexec hosts)")
     arg_canary = Arg(
         ("--canary",),
         action="store_true",
@@ -603,9 +651,10 @@ def get_cli_commands() -> list[GroupCommand]:
             subcommands=(
                 ActionCommand(
                     name="hosts",
-                    help="Each host's health (an authenticated WinRM shell), slots and running winexec tasks",
+                    help="Each host's health (an authenticated WinRM shell), slots, queues, drain and "
+                    "running winexec tasks; drain or resume a host",
                     func=lazy_load_command("winexec.cli.hosts_command"),
-                    args=(arg_principal, ARG_OUTPUT, ARG_VERBOSE),
+                    args=(arg_action, arg_name, arg_comment, arg_principal, ARG_OUTPUT, ARG_VERBOSE),
                 ),
                 ActionCommand(
                     name="check",

@@ -91,7 +91,8 @@ OPTIONS: tuple[Option, ...] = (
         "host_refresh_interval",
         "float",
         "60",
-        "Seconds between re-reads of ``hosts``/``hosts_file`` while the scheduler runs.",
+        "Seconds between re-reads of ``hosts``/``hosts_file`` while the scheduler runs; also how soon "
+        "a running scheduler honours ``airflow winexec hosts drain`` or ``resume``.",
         "60",
     ),
     Option(

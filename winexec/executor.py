@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.executors.base_executor import BaseExecutor
 
-from winexec import metrics, protocol
+from winexec import maintenance, metrics, protocol
 from winexec.audit import AuditTrail, audit_path
 from winexec.config import HostSpec, Settings, load, reread_hosts
 from winexec.grants import DagFacts, match_on
@@ -50,7 +50,7 @@ from winexec.launcher import (
     retry_delay,
     shell_id_for,
 )
-from winexec.pool import HostPool
+from winexec.pool import HostPool, task_weight
 from winexec.quotas import QuotaReader
 from winexec.watchdog import Liveness, judge
 
@@ -113,6 +113,7 @@ class TaskRecord:
     last_error: str = ""
     waits_for: str = ""  # why no host takes it now, as last logged
     log_path: str | None = None  # relative task log path (``workload.log_path``)
+    weight: int = 1  # host slots it takes (:func:`winexec.pool.task_weight`)
 
     @property
     def external_id(self) -> str:
@@ -183,6 +184,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         self._io = ThreadPoolExecutor(max_workers=settings.io_workers, thread_name_prefix="winexec-io")
         self.audit = AuditTrail(audit_path(settings))
         self._next_refresh = self._clock() + settings.host_refresh_interval
+        self._apply_drains(self._read_drains())
         self.log.info(
             "winexec: %d host(s) %s, %d slot(s), %d I/O worker(s)",
             len(settings.hosts),
@@ -297,13 +299,10 @@ class WindowsKerberosExecutor(BaseExecutor):
                 continue  # stays in queued_tasks; offered again next heartbeat
             self.queued_tasks.pop(key, None)
             facts, timeout = self._facts.pop(key, (TaskFacts.from_ti(workload.ti), None))
-            if not self._hosts().serves(workload.ti.queue):
+            unplaceable, weight = self._unplaceable(workload.ti)
+            if unplaceable:
                 self.running.add(key)
-                reason = (
-                    f"no host in [winexec] hosts serves queue {workload.ti.queue!r} (they serve: "
-                    f"{self._hosts().queues()}): add it to a host's queues= or change the task's queue"
-                )
-                self._finish_unlaunched(key, workload.log_path, reason)
+                self._finish_unlaunched(key, workload.log_path, unplaceable)
                 continue
             try:
                 ident = resolve(settings, facts)
@@ -320,12 +319,34 @@ class WindowsKerberosExecutor(BaseExecutor):
                 identity=ident,
                 execution_timeout=timeout,
                 log_path=workload.log_path,
+                weight=weight,
             )
             self.records[key] = rec
             self.running.add(key)
-            capacity -= 1
+            capacity -= weight
             self._schedule(rec, 0.0)
         self._launch_due()
+
+    def _unplaceable(self, ti: Any) -> tuple[str, int]:
+        """Why no configured host could ever run ``ti`` (``""`` if one could), and its weight."""
+        pool, queue = self._hosts(), ti.queue
+        if not pool.serves(queue):
+            return (
+                f"no host in [winexec] hosts serves queue {queue!r} (they serve: {pool.queues()}): "
+                "add it to a host's queues= or change the task's queue"
+            ), 1
+        try:
+            weight = task_weight(getattr(ti, "pool_slots", 1), getattr(ti, "executor_config", None))
+        except ValueError as e:
+            return str(e), 1
+        if not pool.fits(queue, weight):
+            most = max(h.spec.slots for h in pool.active_hosts() if h.spec.serves(queue))
+            return (
+                f'the task takes {weight} host slots (pool_slots, or executor_config["winexec"]["slots"]) '
+                f"but no host serving queue {queue!r} has more than {most}: lower it, or raise a "
+                "host's slots= in [winexec] hosts"
+            ), weight
+        return "", weight
 
     def _waiting_count(self) -> int:
         return len(self._waiting)
@@ -382,11 +403,11 @@ class WindowsKerberosExecutor(BaseExecutor):
                 continue
             who = rec.identity.principal
             queue = rec.workload.ti.queue if rec.workload is not None else None
-            host = pool.acquire(who, rec.excluded, queue) or (
-                pool.acquire(who, queue=queue) if rec.excluded else None
+            host = pool.acquire(who, rec.excluded, queue, rec.weight) or (
+                pool.acquire(who, queue=queue, weight=rec.weight) if rec.excluded else None
             )
             if host is None:
-                why = pool.waits(who, queue)
+                why = pool.waits(who, queue, rec.weight)
                 if why != rec.waits_for:  # said once per change, not every heartbeat
                     rec.waits_for = why
                     self.log.info("winexec: %s waits for a host: %s", rec.key, why)
@@ -415,6 +436,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             grace=s.execution_timeout_grace,
             server=self._server_url(),
             slots=rec.host.slots if rec.host is not None else None,
+            weight=rec.weight,
         )
 
     def _server_url(self) -> str | None:
@@ -533,7 +555,30 @@ class WindowsKerberosExecutor(BaseExecutor):
             hosts = self._quotas.apply(hosts)
         except Exception as e:
             hosts, problems = (), [f"[winexec] hosts: refresh failed: {e}"]
-        self._results.put(("hosts", None, (hosts, problems)))
+        self._results.put(("hosts", None, (hosts, problems, self._read_drains())))
+
+    def _read_drains(self) -> dict[str, str] | None:
+        """The hosts operators drained (Airflow's database); ``None`` when it cannot be read."""
+        try:
+            return {host: str(d) for host, d in maintenance.drained().items()}
+        except Exception as e:
+            self.log.warning(
+                "winexec: cannot read drained hosts from Airflow's database (%s: %s); keeping the "
+                "drains known so far",
+                type(e).__name__,
+                str(e).splitlines()[0] if str(e) else "",
+            )
+            return None
+
+    def _apply_drains(self, drains: dict[str, str] | None) -> None:
+        if drains is None:
+            return
+        drained, resumed = self._hosts().set_drained(drains)
+        for name in drained:
+            why = drains[name]
+            self.log.warning("winexec: %s gets no new tasks, %s (its running tasks finish)", name, why)
+        for name in resumed:
+            self.log.info("winexec: %s resumed: back in placement", name)
 
     def _job_write_log(self, path: Path, lines: list[str]) -> None:
         try:
@@ -595,16 +640,19 @@ class WindowsKerberosExecutor(BaseExecutor):
                 rec.session = None
                 self._forget(rec)
 
-    def _on_hosts(self, hosts: tuple[HostSpec, ...], problems: list[str]) -> None:
+    def _on_hosts(
+        self, hosts: tuple[HostSpec, ...], problems: list[str], drains: dict[str, str] | None
+    ) -> None:
         self._refreshing = False
         self._next_refresh = self._clock() + self._s().host_refresh_interval
         if problems:
             for p in problems:
                 self.log.error("winexec: %s (keeping the current hosts)", p)
-            return
-        added, removed = self._hosts().update(hosts)
-        if added or removed:
-            self.log.info("winexec: hosts added %s, removed %s (running tasks finish)", added, removed)
+        else:
+            added, removed = self._hosts().update(hosts)
+            if added or removed:
+                self.log.info("winexec: hosts added %s, removed %s (running tasks finish)", added, removed)
+        self._apply_drains(drains)
 
     def _on_launched(self, rec: TaskRecord, session: TaskSession, at: float) -> None:
         assert rec.host is not None
@@ -629,7 +677,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         assert rec.host is not None
         pool, s = self._hosts(), self._s()
         spec, host = rec.host, rec.host.name
-        pool.release(host, rec.identity.principal)
+        pool.release(host, rec.identity.principal, rec.weight)
         rec.host = None
         metrics.incr(metrics.LAUNCH_FAILURES, host=host, cause=err.kind)
         rec.last_error = err.reason
@@ -902,7 +950,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         rec.phase = Phase.DONE
         self._waiting.discard(rec.key)
         if rec.host is not None:
-            self._hosts().release(rec.host.name, rec.identity.principal)
+            self._hosts().release(rec.host.name, rec.identity.principal, rec.weight)
             rec.host = None
         self.records.pop(rec.key, None)
         self.running.discard(rec.key)
@@ -1079,7 +1127,11 @@ class WindowsKerberosExecutor(BaseExecutor):
             self._submit(_stop_quietly, session, "not adopted")  # too late: the scheduler resets it
             return
         ti, host, ident, run_id = pending
-        claimed = self._hosts().claim(host.name, ident.principal)
+        try:
+            weight = task_weight(getattr(ti, "pool_slots", 1), getattr(ti, "executor_config", None))
+        except ValueError:
+            weight = 1  # it runs already: count it, whatever its setting says
+        claimed = self._hosts().claim(host.name, ident.principal, weight)
         log_path: str | None = None
         try:
             from airflow.utils.helpers import log_filename_template_renderer
@@ -1098,6 +1150,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             session=session,
             started=True,
             log_path=log_path,
+            weight=weight,
         )
         rec.live = Liveness(last_heartbeat=at, last_poll_ok=at, heard=True)
         self.records[key] = rec

@@ -3,8 +3,9 @@
 Used only from the scheduler thread (``sync``/``heartbeat``); workers report outcomes through the
 executor's queues, so nothing here needs a lock.
 
-* Placement: the least-loaded (running/slots) healthy host with a free slot; ties go to the host
-  that was used least recently, so load spreads evenly.
+* Placement: the least-loaded (running/slots) healthy host with room for the task's weight (its
+  slots, :func:`task_weight`); ties go to the host that was used least recently, so load spreads
+  evenly.
 * Circuit breaker per host: ``failure_threshold`` consecutive launch failures attributed to the
   host open it for ``cooldown`` seconds; afterwards one probe launch may use it (half-open); the
   probe's success closes the circuit, its failure re-opens it.
@@ -12,6 +13,8 @@ executor's queues, so nothing here needs a lock.
   seconds and the launch tries another host.
 * Hosts come and go with the configuration: a removed host gets no new tasks, its running tasks
   finish and release their slots, then it is forgotten.
+* A drained host (:mod:`winexec.maintenance`) gets no new tasks either, but stays configured:
+  tasks it would serve wait, saying who drained it and why, instead of failing.
 * WinRM's own quotas: every task holds one shell as its principal, so a host takes no more of
   one principal's tasks than its MaxShellsPerUser leaves (one shell kept back for reading a log
   or a status), and no task of a principal new to it once MaxConcurrentUsers principals run
@@ -22,13 +25,30 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from winexec.config import HostSpec
 
 Circuit = Literal["closed", "open", "half-open"]
+
+
+def task_weight(pool_slots: int | None, executor_config: dict[str, Any] | None) -> int:
+    """How many host slots a task takes: ``executor_config={"winexec": {"slots": N}}``, else
+    Airflow's ``pool_slots`` (a task heavy on a host is usually heavy on its pool too).
+
+    Raises ``ValueError`` with the fix for a value that is not a whole number of slots.
+    """
+    section = (executor_config or {}).get("winexec")
+    if isinstance(section, dict) and "slots" in section:
+        value = section["slots"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f'executor_config["winexec"]["slots"] must be a whole number >= 1, not {value!r}'
+            )
+        return value
+    return max(1, int(pool_slots or 1))
 
 
 @dataclass
@@ -40,6 +60,7 @@ class HostState:
     probing: bool = False  # half-open: a probe launch is in flight
     full_until: float = 0.0  # host said "full" (quota): skip until then
     removed: bool = False
+    drained: str = ""  # an operator's drain, as it reads ("drained by ... at ...: comment")
     last_used: float = 0.0
     launches: int = 0
     failures: int = 0
@@ -111,7 +132,7 @@ class HostPool:
         return sum(h.spec.slots for h in self._hosts.values() if not h.removed)
 
     def _placeable(self, h: HostState, now: float) -> bool:
-        if h.removed or h.free <= 0 or now < h.full_until:
+        if h.removed or h.drained or h.free <= 0 or now < h.full_until:
             return False
         circuit = h.circuit(now)
         if circuit == "open":
@@ -128,17 +149,25 @@ class HostPool:
         named = sorted({q for h in self._hosts.values() if not h.removed for q in h.spec.queues})
         return ", ".join(named) or "every queue"
 
+    def fits(self, queue: str | None, weight: int) -> bool:
+        """Whether some configured host serving ``queue`` has ``weight`` slots at all."""
+        return any(
+            h.spec.serves(queue) and h.spec.slots >= weight for h in self._hosts.values() if not h.removed
+        )
+
     def acquire(
-        self, principal: str = "", exclude: Iterable[str] = (), queue: str | None = None
+        self, principal: str = "", exclude: Iterable[str] = (), queue: str | None = None, weight: int = 1
     ) -> HostSpec | None:
-        """Reserve a slot for a task of ``principal`` and ``queue`` on the best host serving that
-        queue (not in ``exclude``); ``None`` when none has room (:meth:`waits` says why)."""
+        """Reserve ``weight`` slots for a task of ``principal`` and ``queue`` on the best host
+        serving that queue (not in ``exclude``); ``None`` when none has room (:meth:`waits` says why)."""
         now = self._clock()
         skip = set(exclude)
         best: HostState | None = None
         best_key: tuple[float, int, float, str] | None = None
         for h in self._hosts.values():
             if h.name in skip or not h.spec.serves(queue) or not self._placeable(h, now):
+                continue
+            if h.free < weight:
                 continue
             if h.quota_for(principal):
                 continue
@@ -149,13 +178,13 @@ class HostPool:
             return None
         if best.circuit(now) == "half-open":
             best.probing = True
-        best.running += 1
+        best.running += weight
         best.by_principal[principal] += 1
         best.last_used = now
         best.launches += 1
         return best.spec
 
-    def waits(self, principal: str, queue: str | None = None) -> str:
+    def waits(self, principal: str, queue: str | None = None, weight: int = 1) -> str:
         """Why no host takes ``principal``'s task of ``queue`` now: each host serving the queue
         and what it waits for."""
         now = self._clock()
@@ -163,31 +192,35 @@ class HostPool:
         for h in self._hosts.values():
             if h.removed or not h.spec.serves(queue):
                 continue
-            if quota := h.quota_for(principal):
+            if h.drained:
+                why.append(f"{h.name}: {h.drained}")
+            elif quota := h.quota_for(principal):
                 why.append(f"{h.name}: {quota}")
             elif h.free <= 0:
                 why.append(f"{h.name}: all {h.spec.slots} slot(s) taken")
+            elif h.free < weight:
+                why.append(f"{h.name}: {h.free} of {h.spec.slots} slot(s) free, the task takes {weight}")
             elif now < h.full_until:
                 why.append(f"{h.name}: said it was full (a WinRM quota)")
             elif h.circuit(now) != "closed":
                 why.append(f"{h.name}: out of placement after {h.consecutive_failures} failed launch(es)")
         return "; ".join(why) or "no hosts configured"
 
-    def claim(self, name: str, principal: str = "") -> HostSpec | None:
+    def claim(self, name: str, principal: str = "", weight: int = 1) -> HostSpec | None:
         """Count a task already running on ``name`` (adopted), even beyond its slots."""
         h = self._hosts.get(name)
         if h is None:
             return None
-        h.running += 1
+        h.running += weight
         h.by_principal[principal] += 1
         return h.spec
 
-    def release(self, name: str, principal: str = "") -> None:
+    def release(self, name: str, principal: str = "", weight: int = 1) -> None:
         """A task placed on ``name`` is gone (finished, failed, or its launch was abandoned)."""
         h = self._hosts.get(name)
         if h is None:
             return
-        h.running = max(0, h.running - 1)
+        h.running = max(0, h.running - weight)
         h.by_principal[principal] -= 1
         if h.by_principal[principal] <= 0:
             del h.by_principal[principal]
@@ -256,6 +289,18 @@ class HostPool:
                 state.removed = True
         return added, removed
 
+    def set_drained(self, drains: Mapping[str, str]) -> tuple[list[str], list[str]]:
+        """Make ``drains`` (host name -> why) the drained hosts; returns (drained, resumed) names."""
+        drained, resumed = [], []
+        for h in self._hosts.values():
+            why = drains.get(h.name, "")
+            if why and not h.drained:
+                drained.append(h.name)
+            elif h.drained and not why:
+                resumed.append(h.name)
+            h.drained = why
+        return drained, resumed
+
     def describe(self) -> list[dict[str, object]]:
         """Per-host status for logs and the CLI."""
         now = self._clock()
@@ -266,6 +311,7 @@ class HostPool:
                 "slots": h.spec.slots,
                 "circuit": h.circuit(now),
                 "removed": h.removed,
+                "drained": h.drained,
                 "consecutive_failures": h.consecutive_failures,
             }
             for h in self._hosts.values()

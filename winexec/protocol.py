@@ -74,6 +74,8 @@ class Start(Message):
     #: number ``slots + 1`` on its host, which holds across schedulers sharing the pool.
     #: ``None``: no limit.
     slots: int | None = None
+    #: How many of those slots this task takes (``pool_slots``, or ``executor_config``'s).
+    weight: int = 1
 
     def __repr__(self) -> str:  # never show the token
         return f"Start(run_id={self.run_id!r}, ti={self.workload.get('ti', {}).get('id')!r})"

@@ -227,8 +227,10 @@ class AgentRun:
         slots = self.start.slots
         refusal: tuple[ExitState, str] | None = None
         try:
-            if slots is not None and not spool.take_slot(marker, slots, _alive):
-                refusal = ("full", f"all {slots} slot(s) of this host are taken by other winexec runs")
+            weight = max(1, self.start.weight)
+            if slots is not None and not spool.take_slot(marker, slots, _alive, weight=weight):
+                need = f"; this task takes {weight}" if weight > 1 else ""
+                refusal = ("full", f"all {slots} slot(s) of this host are taken by other winexec runs{need}")
         except OSError as e:
             refusal = ("error", f"cannot add this run's slot entry: {e}")
         if refusal is not None:

@@ -286,9 +286,13 @@ def _slot_path(root: Path, run_id: str) -> Path:
 
 
 def take_slot(
-    marker: Marker, slots: int, alive: Callable[[Any, Any], bool], root: Path | None = None
+    marker: Marker,
+    slots: int,
+    alive: Callable[[Any, Any], bool],
+    root: Path | None = None,
+    weight: int = 1,
 ) -> bool:
-    """Whether ``marker``'s run gets one of the host's ``slots``; if not, its entry is gone again.
+    """Whether ``marker``'s run gets ``weight`` of the host's ``slots``; if not, its entry is gone.
 
     Admission on the host, not only counted by one scheduler: every agent first adds its slot
     entry (atomic, in the shared run folder), then ranks the live entries of its computer by
@@ -296,7 +300,8 @@ def take_slot(
     later one backs off. Each live agent (pid and start time) counts once, at its earliest entry:
     an entry another principal forged for our agent changes nothing, and one for a process of its
     own costs only what that principal could spend by running it. An entry still being written
-    counts as ahead of us (never over-admit).
+    counts as ahead of us (never over-admit). An entry weighs what it says, at most ``slots``
+    (a heavy task, ``pool_slots``): the run is admitted when the weight ahead of it plus its own fits.
     """
     import psutil
 
@@ -309,6 +314,7 @@ def take_slot(
         "agent_pid": me.pid,
         "agent_create_time": me.create_time(),
         "started": marker.data["started"],
+        "weight": weight,
     }
     path = _slot_path(root, entry["run_id"])
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -316,6 +322,7 @@ def take_slot(
         json.dump(entry, f, sort_keys=True)
     marker.data["slot"] = str(path)
     rank: dict[tuple[Any, Any], tuple[float, str]] = {}
+    weighs: dict[tuple[Any, Any], int] = {}
     unread = 0
     now = time.time()
     for other in root.glob("*.slot"):
@@ -331,13 +338,22 @@ def take_slot(
         if not alive(*agent) or not _owned_by(st, agent[0]):
             continue
         key = (float(data.get("started") or 0.0), str(data.get("run_id") or ""))
-        rank[agent] = min(rank.get(agent, key), key)
+        if agent not in rank or key < rank[agent]:
+            rank[agent] = key
+            weighs[agent] = _weight(data.get("weight"), slots)
     mine = rank.get((entry["agent_pid"], entry["agent_create_time"]), (entry["started"], entry["run_id"]))
-    ahead = unread + sum(1 for agent, key in rank.items() if key < mine)
-    if ahead < slots:
+    ahead = unread + sum(weighs[agent] for agent, key in rank.items() if key < mine)
+    if ahead + weight <= slots:
         return True
     release_slot(marker)
     return False
+
+
+def _weight(value: Any, slots: int) -> int:
+    """An entry's weight: a whole number in 1..slots (entries of older agents say none: 1)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 1
+    return min(max(1, value), slots)
 
 
 #: How long an entry that cannot be read yet counts as one being written (then: ignored).

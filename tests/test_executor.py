@@ -735,35 +735,38 @@ def test_the_same_try_queued_again_waits_for_its_previous_run(make_executor, tra
     assert transport.sessions[0].start.launch_key != transport.sessions[1].start.launch_key
 
 
-def test_a_callback_workload_is_failed_with_the_reason_and_the_scheduler_loop_goes_on(
+def test_a_callback_whose_dag_grants_no_principal_fails_with_the_reason_and_the_loop_goes_on(
     make_executor, transport
 ) -> None:  # type: ignore[no-untyped-def]
-    """A DeadlineAlert's SyncCallback routed to winexec: the base class would raise (and crash the
-    scheduler on every restart); winexec fails the callback with the reason for Airflow to record."""
+    """A DeadlineAlert's SyncCallback runs as its DAG's tasks would; where grants give that DAG
+    nobody, it fails with the reason for Airflow to record (never an exception in the loop)."""
     from airflow.executors.workloads.base import BundleInfo
     from airflow.executors.workloads.callback import CallbackDTO, CallbackFetchMethod, ExecuteCallback
     from airflow.models.callback import CallbackState
 
-    ex = make_executor()
+    ex = make_executor(grants=parse_grants("svc@T: dag_id=d")[0])
+    assert ex.supports_callbacks
     callback = ExecuteCallback(
         callback=CallbackDTO(
             id=str(uuid.uuid4()),
             fetch_method=CallbackFetchMethod.IMPORT_PATH,
             data={"path": "alerts.page_oncall", "kwargs": {}},
         ),
-        dag_rel_path=Path("d.py"),
+        dag_rel_path=Path("other.py"),
         token="callback-token",
-        log_path="executor_callbacks/d/r/x",
+        log_path="executor_callbacks/other_dag/r/x",
         bundle_info=BundleInfo(name="dags"),
     )
     ex.queue_workload(callback, session=None)  # type: ignore[arg-type]
     w = _workload()
     _queue(ex, w)
-    events = _run_until(ex, lambda: not ex.running and not ex.queued_tasks)
+    events = _run_until(ex, lambda: not ex.running and not ex.queued_tasks and not ex.queued_callbacks)
     state, reason = events[callback.key]
     assert state == CallbackState.FAILED, events
-    assert "winexec runs tasks only, not ExecuteCallback workloads" in reason
-    assert 'executor="LocalExecutor"' in reason and "callback-token" not in reason
+    assert reason.startswith(
+        "cannot choose a principal: svc@T (from default) is not granted to DAG other_dag"
+    )
+    assert "callback-token" not in reason
     assert _final(events, w.ti.key) == "success"  # the loop went on and ran the task
     assert not ex.queued_callbacks
 
@@ -812,3 +815,23 @@ def test_a_heavy_task_takes_its_pool_slots_on_one_host_and_one_too_heavy_for_any
     text = failed_log.read_text()
     assert "the task takes 4 host slots" in text and "no host serving queue 'default' has more than 3" in text
     assert all(h.running == 0 for h in ex.pool.hosts)
+
+
+def test_a_connection_test_whose_queue_no_host_serves_fails_with_the_reason(
+    make_executor, transport, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    from airflow.executors.workloads import TestConnection
+    from airflow.models.connection_test import ConnectionTestState
+
+    ex = make_executor(hosts=(HostSpec("win01.t", slots=2, queues=frozenset({"default"})),))
+    assert ex.supports_connection_test
+    test = TestConnection.make(
+        connection_test_id=uuid.uuid4(), connection_id="mssql_dw", timeout=30, queue="gpu"
+    )
+    ex.queue_workload(test, session=None)  # type: ignore[arg-type]
+    assert test.key in ex.queued_connection_tests
+    events = _run_until(ex, lambda: test.key in ex.event_buffer or not ex.queued_connection_tests)
+    state, reason = events[test.key]
+    assert state == ConnectionTestState.FAILED
+    assert reason == "no host in [winexec] hosts serves queue 'gpu' (they serve: default)"
+    assert not ex.queued_connection_tests and test.key not in ex.running and not transport.sessions

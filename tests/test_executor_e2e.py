@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +41,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     shutil.copy(DAGS / "winexec_e2e_dag.py", dags)
     shutil.copy(DAGS / "winexec_adopt_dag.py", dags)
     shutil.copy(DAGS / "winexec_scheduled_dag.py", dags)
+    shutil.copy(DAGS / "winexec_deadline_dag.py", dags)
     with windows_world(
         tmp,
         dags,
@@ -60,12 +62,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "io_workers": "8",
             "launch_backoff": "0.5",
             "host_refresh_interval": "5",  # a drain or resume is honoured within seconds
+            "queue_principals": "alice_q=alice@WINEXEC.TEST",  # connection tests of queue alice_q
             # the pool's principal everywhere; alice, with her TGT forwarded, only for the DAG
             # whose double_hop needs it; nobody for nothing
             "grants": f"airflow@WINEXEC.TEST: dag_id=*\nalice@WINEXEC.TEST: dag_id={DAG_ID} delegate",
         },
         # more than the pool's 9 slots: the executor, not Airflow, must hold tasks back
-        config={"core": {"parallelism": "16"}, "scheduler": {"task_queued_timeout": "300"}},
+        config={
+            "core": {"parallelism": "16", "test_connection": "Enabled"},
+            "scheduler": {"task_queued_timeout": "300"},
+        },
     ) as w:
         w.stack.set_variable("winexec_e2e_var", "hello")
         yield w
@@ -291,3 +297,75 @@ def test_a_drained_host_gets_no_new_task_after_a_restart_until_resumed(
     assert stack.wait_for_run(dag_id, run, timeout=240) == "success"
     assert _agent_runs(win01, since) == 1  # idle longest of the idle hosts: placed first
     assert "was not drained" in stack.cli("winexec", "hosts", "resume", win01.name).stdout
+
+
+def _test_connection(stack: AirflowStack, body: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+    """Enqueue a connection test through Airflow's REST API and poll it to its result."""
+    token = stack.api("POST", "/connections/enqueue-test", json=body)["token"]
+    deadline = time.monotonic() + timeout
+    while True:
+        result = stack.api(
+            "GET", "/connections/enqueue-test", headers={"Airflow-Connection-Test-Token": token}
+        )
+        if result["state"] in ("success", "failed"):
+            return dict(result)
+        assert time.monotonic() < deadline, (result, stack.log_tail("scheduler", 5000))
+        time.sleep(0.5)
+
+
+@pytest.mark.timeout(300)
+def test_a_connection_test_runs_on_a_host_as_its_queues_principal(world: World, stack: AirflowStack) -> None:
+    """Airflow's connection test, asked through its REST API, runs on a Windows host as the
+    principal of its queue: a folder only alice's account may enter is there for alice's test
+    (queue alice_q) and refused to the pool's principal's (default queue). The connection's
+    password reaches neither a command line nor the scheduler's log."""
+    from winexec.sim.accounts import account_for, private_dir
+
+    folder = private_dir(world.python.parent / "alice-only", account_for("alice"))
+    (folder / "report.xlsx").write_text("quarterly")
+    password = "pw-" + uuid.uuid4().hex
+    body = {
+        "conn_type": "fs",
+        "extra": json.dumps({"path": str(folder / "report.xlsx")}),
+        "login": "CORP\\alice",
+        "password": password,
+    }
+    since = time.time()
+    alices = _test_connection(stack, {**body, "connection_id": "alice_share", "queue": "alice_q"})
+    assert alices["state"] == "success", alices
+    assert alices["result_message"] == f"Path {folder / 'report.xlsx'} is existing."
+    pools = _test_connection(stack, {**body, "connection_id": "pool_share"})
+    assert pools["state"] == "failed" and "Permission denied" in pools["result_message"], pools
+
+    log = stack.log_tail("scheduler", 10_000_000)
+    assert "connection-test alice_share on win0" in log and "as alice@WINEXEC.TEST (queue)" in log
+    assert "connection-test pool_share on win0" in log and "as airflow@WINEXEC.TEST (default)" in log
+    runs = [e for h in world.cluster.hosts for e in h.pipeline_log if e["time"] >= since]
+    tests = [e for e in runs if e["argv"][-1] == "--test-connection"]
+    assert sorted(e["user"] for e in tests) == ["airflow@WINEXEC.TEST", "alice@WINEXEC.TEST"], tests
+    assert password not in log and not any(password in " ".join(e["argv"]) for e in runs)
+
+
+@pytest.mark.timeout(400)
+def test_a_missed_deadline_runs_its_callback_once_on_a_host_and_the_run_ends_normally(
+    world: World, stack: AirflowStack
+) -> None:
+    """A DeadlineAlert's SyncCallback goes to the default executor, winexec, which runs it on a
+    host as the DAG's tasks would run (grants: the pool's principal); the scheduler goes on."""
+    dag_id, since = "winexec_deadline", time.time()
+    run_id = stack.trigger(dag_id)
+    assert stack.wait_for_run(dag_id, run_id, timeout=300) == "success"
+    ledger = stack.log_folder / "deadline-ledger.jsonl"
+    deadline = time.monotonic() + 60
+    while not ledger.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    lines = [json.loads(x) for x in ledger.read_text().splitlines()] if ledger.exists() else []
+    assert len(lines) == 1, (lines, stack.log_tail("scheduler", 5000))
+    assert lines[0]["computer"].startswith("WIN0") and lines[0]["user"] == "airflow", lines
+    assert lines[0]["run_id"] in (run_id, None)
+    calls = [e for h in world.cluster.hosts for e in h.pipeline_log if e["time"] >= since]
+    ran = [e for e in calls if e["argv"][-1] == "--callback"]
+    assert [e["user"] for e in ran] == ["airflow@WINEXEC.TEST"] and ran[0]["exit_code"] == 0, ran
+    log = stack.log_tail("scheduler", 10_000_000)
+    assert "winexec: record_missed_deadline on win0" in log and "completed successfully" in log
+    assert stack.procs["scheduler"].poll() is None  # the scheduler never crashed on the callback

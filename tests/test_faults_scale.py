@@ -91,7 +91,11 @@ def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
             poll_timeout=1,
             io_workers=8,
             heartbeat_interval=1.0,
-            missed_heartbeats=12,
+            # 20 s without a heartbeat is a hung task. Every task here is polled on its own, by 8
+            # I/O workers; while faults keep connections failing (each up to read_timeout), a
+            # poll can wait its turn long enough that 12 s cost tasks on hosts that were only
+            # blipping (seen in CI under load: no fault had been destructive).
+            missed_heartbeats=20,
             start_timeout=120.0,
             keepalive_timeout=60.0,
             execution_timeout_grace=2.0,

@@ -9,7 +9,7 @@ import pytest
 
 from winexec.config import HostSpec, Settings
 from winexec.grants import DagFacts, parse_grants
-from winexec.identity import IdentityError, TaskFacts, resolve
+from winexec.identity import IdentityError, TaskFacts, for_connection_test, resolve
 
 GRANTS = """
     bob@WINEXEC.TEST: dag_id=etl_*
@@ -150,3 +150,18 @@ def test_grant_rules_parse_and_match() -> None:
     assert problems[0].startswith("rule 1 'nobody': write principal@REALM: selector ...")
     assert "'owner=me' is not dag_id=, bundle=, tag=, team=<value>, default or delegate" in problems[1]
     assert "names no DAG; add dag_id=<glob>" in problems[2]
+
+
+def test_a_connection_test_runs_as_its_queues_principal_else_the_default() -> None:
+    """No DAG asks, so no grants rule chooses or refuses it; a rule that delegates for the
+    principal forwards its TGT, as that principal's tasks may get it."""
+    plain = _settings()
+    assert for_connection_test(plain, "etl") == for_connection_test(plain, "etl")
+    etl = for_connection_test(plain, "etl")
+    assert (etl.principal, etl.source, etl.delegate) == ("etl@WINEXEC.TEST", "queue", False)
+    other = for_connection_test(plain, "adhoc")
+    assert (other.principal, other.source, other.delegate) == ("svc@WINEXEC.TEST", "default", False)
+    delegating = _settings(GRANTS, queue_principals={"sql": "alice@WINEXEC.TEST"})
+    alice = for_connection_test(delegating, "sql")
+    assert alice.principal == "alice@WINEXEC.TEST" and alice.delegate and "delegate" in str(alice.grant)
+    assert not for_connection_test(delegating, None).delegate  # svc's rule does not delegate

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.executors.base_executor import BaseExecutor
 
-from winexec import maintenance, metrics, protocol
+from winexec import maintenance, metrics, oneshot, protocol
 from winexec.audit import AuditTrail, audit_path
 from winexec.config import HostSpec, Settings, load, reread_hosts
 from winexec.grants import DagFacts, match_on
-from winexec.identity import Identity, IdentityError, TaskFacts, resolve
+from winexec.identity import Identity, IdentityError, TaskFacts, for_connection_test, resolve
 from winexec.launcher import (
     AgentFailure,
     CredentialStore,
@@ -138,6 +138,9 @@ class WindowsKerberosExecutor(BaseExecutor):
     """Runs each task instance on a Windows host over PSRP as the task's own principal."""
 
     is_local: bool = False
+    #: connection tests and DAG callbacks run on a host too (:mod:`winexec.oneshot`)
+    supports_connection_test: bool = True
+    supports_callbacks: bool = True
     serve_logs: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -147,6 +150,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         self.tickets: CredentialStore | None = None
         self.records: dict[TaskInstanceKey, TaskRecord] = {}
         self._facts: dict[TaskInstanceKey, tuple[TaskFacts, float | None]] = {}
+        self._callback_facts: dict[Any, TaskFacts] = {}  # by CallbackKey, read in queue_workload
         self._results: queue.SimpleQueue[tuple[str, TaskInstanceKey | None, Any]] = queue.SimpleQueue()
         self._timers: list[tuple[float, int, TaskInstanceKey]] = []  # launches due
         self._poll_timers: list[tuple[float, int, TaskInstanceKey]] = []  # delayed polls
@@ -211,21 +215,16 @@ class WindowsKerberosExecutor(BaseExecutor):
         task's ``run_as_user`` or its ``execution_timeout``; the scheduler's session is at hand
         here, so they are read now rather than from the scheduler loop later.
 
-        A workload winexec does not run (a DAG's ``ExecuteCallback``) is failed here with the
-        reason, for the scheduler to record on it: the base class raises, which crashes the
-        scheduler, and again on every restart while the callback stays pending.
+        A DAG's callback (``ExecuteCallback``) runs on a host as the DAG's tasks would
+        (:mod:`winexec.oneshot`): what grants match on is read here too.
         """
         from airflow.executors import workloads as wl
 
-        if not isinstance(workload, wl.ExecuteTask):
-            reason = (
-                f"winexec runs tasks only, not {type(workload).__name__} workloads "
-                f"({getattr(workload, 'display_name', '?')}): give the callback an executor that runs "
-                'callbacks, e.g. SyncCallback(..., executor="LocalExecutor") with LocalExecutor also '
-                "in [core] executor, or use an AsyncCallback (it runs on the triggerer)"
+        if isinstance(workload, wl.ExecuteCallback):
+            super().queue_workload(workload, session)
+            self._callback_facts[workload.key] = TaskFacts(
+                queue=_default_queue(), dag=self._callback_dag(workload, session)
             )
-            self.log.error("winexec: %s", reason)
-            self.event_buffer[workload.key] = (workload.failure_state, reason)
             return
         super().queue_workload(workload, session)
         ti = getattr(workload, "ti", None)
@@ -235,6 +234,25 @@ class WindowsKerberosExecutor(BaseExecutor):
         pool, run_as_user, timeout, dag = self._task_facts_from_db(ti, session, bundle)
         facts = TaskFacts.from_ti(ti, pool=pool, run_as_user=run_as_user, dag=dag)
         self._facts[ti.key] = (facts, timeout)
+
+    def _callback_dag(self, workload: Any, session: Session) -> DagFacts:
+        """The DAG a callback belongs to, as grants see it (its log path names it:
+        ``executor_callbacks/<dag_id>/<run_id>/<id>``)."""
+        parts = str(workload.log_path or "").split("/")
+        dag_id = parts[1] if len(parts) > 2 and parts[0] == "executor_callbacks" else ""
+        bundle = getattr(workload.bundle_info, "name", None)
+        tags: frozenset[str] = frozenset()
+        team: str | None = None
+        try:
+            from airflow.models.dag import DagModel, DagTag
+            from sqlalchemy import select
+
+            tags = frozenset(session.scalars(select(DagTag.name).where(DagTag.dag_id == dag_id)))
+            if match_on(self._s().grants, "team"):
+                team = DagModel.get_team_name(dag_id, session=session)
+        except Exception as e:
+            self.log.warning("winexec: cannot read the tags and team of DAG %s: %s", dag_id, str(e))
+        return DagFacts(dag_id, bundle, tags, team)
 
     def _task_facts_from_db(
         self, ti: Any, session: Session, bundle: str | None = None
@@ -288,7 +306,8 @@ class WindowsKerberosExecutor(BaseExecutor):
         settings = self._s()
         capacity = self._hosts().free_slots() - self._waiting_count()
         for workload in workload_items:
-            if not isinstance(workload, wl.ExecuteTask):  # refused in queue_workload already
+            if isinstance(workload, (wl.TestConnection, wl.ExecuteCallback)):
+                self._launch_oneshot(workload)
                 continue
             key = workload.ti.key
             if capacity <= 0:
@@ -326,6 +345,65 @@ class WindowsKerberosExecutor(BaseExecutor):
             capacity -= weight
             self._schedule(rec, 0.0)
         self._launch_due()
+
+    def _launch_oneshot(self, workload: Any) -> None:
+        """Start a connection test or a DAG callback on a host serving its queue, or leave it
+        queued until one has room (:mod:`winexec.oneshot`)."""
+        from airflow.executors import workloads as wl
+
+        pool, key, settings = self._hosts(), workload.key, self._s()
+        test = isinstance(workload, wl.TestConnection)
+        queued: dict[Any, Any] = self.queued_connection_tests if test else self.queued_callbacks
+        facts = TaskFacts(queue=workload.queue or _default_queue()) if test else self._callback_facts.get(key)
+        facts = facts or TaskFacts(queue=_default_queue())
+        queue, ident, reason = facts.queue, None, ""
+        if not pool.serves(queue):
+            reason = f"no host in [winexec] hosts serves queue {queue!r} (they serve: {pool.queues()})"
+        else:
+            try:
+                ident = for_connection_test(settings, queue) if test else resolve(settings, facts)
+            except IdentityError as e:
+                reason = f"cannot choose a principal: {e}"
+        if ident is None:
+            queued.pop(key, None)
+            self._callback_facts.pop(key, None)
+            self.log.error("winexec: %s not run: %s", workload.display_name, reason)
+            if test:
+                self._submit(oneshot.fail_connection_test, key.id, reason)
+            self.event_buffer[key] = (workload.failure_state, reason)
+            return
+        host = pool.acquire(ident.principal, queue=queue)
+        if host is None:
+            return  # stays queued: offered again next heartbeat
+        queued.pop(key, None)
+        self._callback_facts.pop(key, None)
+        self.running.add(key)
+        if not test:
+            self.event_buffer[key] = (workload.running_state, None)
+        self.log.info(
+            "winexec: %s on %s as %s (%s)", workload.display_name, host.name, ident.principal, ident.source
+        )
+        mode: oneshot.Mode = "--test-connection" if test else "--callback"
+        dump = workload.model_dump(mode="json")
+        self._submit(self._job_oneshot, workload, host, ident, mode, dump, self._server_url())
+
+    def _job_oneshot(
+        self,
+        workload: Any,
+        host: HostSpec,
+        ident: Identity,
+        mode: oneshot.Mode,
+        dump: dict[str, Any],
+        server: str | None,
+    ) -> None:
+        ok, said = oneshot.run_on_host(self._s(), host, ident, self.tickets, mode, dump, server)
+        self._results.put(("oneshot", None, (workload, host, ident, ok, said)))
+
+    def _on_oneshot(self, workload: Any, host: HostSpec, ident: Identity, ok: bool, said: str) -> None:
+        self._hosts().release(host.name, ident.principal)
+        (self.log.info if ok else self.log.warning)("winexec: %s: %s", workload.display_name, said)
+        self.running.discard(workload.key)
+        self.event_buffer[workload.key] = (workload.success_state if ok else workload.failure_state, said)
 
     def _unplaceable(self, ti: Any) -> tuple[str, int]:
         """Why no configured host could ever run ``ti`` (``""`` if one could), and its weight."""
@@ -600,6 +678,9 @@ class WindowsKerberosExecutor(BaseExecutor):
                 return
             if kind == "hosts":
                 self._on_hosts(*payload)
+                continue
+            if kind == "oneshot":
+                self._on_oneshot(*payload)
                 continue
             if kind in ("reattached", "reattach_failed"):
                 self._on_reattach_result(kind, key, payload)
@@ -1216,6 +1297,13 @@ def _close_quietly(session: TaskSession, log_path: str | None = None) -> None:
 
         collect_log(session, log_path)
     session.close()
+
+
+def _default_queue() -> str:
+    """The queue a connection test without one belongs to, as for a task without one."""
+    from airflow.configuration import conf
+
+    return conf.get("operators", "default_queue", fallback="default")
 
 
 def _log_file(log_path: str | None) -> Path | None:

@@ -25,7 +25,18 @@ from winexec.launcher import (
 )
 
 #: The agent modes a channel may run (a fixed list: no caller-chosen arguments reach the host).
-MODES = frozenset({"--self-check", "--canary", "--runs", "--read-log", "--status", "--stop"})
+MODES = frozenset(
+    {
+        "--self-check",
+        "--canary",
+        "--runs",
+        "--read-log",
+        "--status",
+        "--stop",
+        "--test-connection",
+        "--callback",
+    }
+)
 
 
 #: The WinRM quotas that bound what a host accepts from the pool (facts §7).

@@ -98,6 +98,73 @@ def _pump(src: IO[bytes], dst: socket.socket) -> None:
         src.close()
 
 
+@attrs.define
+class Spawned:
+    """A child started by :func:`spawn` and connected back: its sockets, still tracked."""
+
+    proc: subprocess.Popen[bytes]
+    comm_server: socket.socket
+    logs_server: socket.socket
+    socks: dict[socket.socket, socket.socket]
+    stdout: socket.socket
+    stderr: socket.socket
+    drained: dict[socket.socket, bytes]
+
+
+def spawn(
+    tracker: _ResourceTracker,
+    command: Sequence[str],
+    containment: Containment,
+    startup_timeout: float,
+    stdin: bytes | None = None,
+) -> Spawned:
+    """Start ``command --comm=... --logs=...`` in ``containment`` and wait until it connects back.
+
+    Its stdout/stderr are pipes pumped into socketpairs (the supervisor's selector needs sockets);
+    ``stdin`` is written to it and closed, or it gets ``DEVNULL`` (never the agent's own stdin,
+    which held the token). Everything made here is tracked by ``tracker`` for the caller.
+    """
+    comm_server, logs_server = tracker.track(_start_server(), _start_server())
+    stdout_r, stdout_w = tracker.track(*socket.socketpair())
+    stderr_r, stderr_w = tracker.track(*socket.socketpair())
+    env = {k: v for k, v in os.environ.items() if k not in COORDINATOR_ENV}
+    env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = conf.get("logging", "logging_level", fallback="INFO")
+    env["AIRFLOW__LOGGING__NAMESPACE_LEVELS"] = conf.get("logging", "namespace_levels", fallback="")
+    proc = subprocess.Popen(
+        [
+            *command,
+            "--comm={0[0]}:{0[1]}".format(comm_server.getsockname()),
+            "--logs={0[0]}:{0[1]}".format(logs_server.getsockname()),
+        ],
+        stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        **containment.popen_kwargs(),
+    )
+    tracker.track(proc)
+    containment.adopt(proc)
+    if _listener is not None:
+        _listener.on_launch(proc, containment)
+    if stdin is not None:
+        assert proc.stdin is not None
+        with proc.stdin:
+            proc.stdin.write(stdin)
+    for src, dst, name in ((proc.stdout, stdout_w, "stdout"), (proc.stderr, stderr_w, "stderr")):
+        tracker.untrack(dst)
+        assert src is not None
+        threading.Thread(target=_pump, args=(src, dst), name=f"winexec-{name}-pump", daemon=True).start()
+    log.info("Starting subprocess", pid=proc.pid)
+    socks, drained = _accept_connections(
+        {"comm": comm_server, "logs": logs_server},
+        {"stdout": stdout_r, "stderr": stderr_r},
+        proc,
+        max_wait=startup_timeout,
+    )
+    tracker.track(*socks.values())
+    return Spawned(proc, comm_server, logs_server, socks, stdout_r, stderr_r, drained)
+
+
 @attrs.define(kw_only=True)
 class WinexecActivitySubprocess(_PopenActivitySubprocess):
     """``ActivitySubprocess`` over TCP whose child lives in a :class:`Containment`."""
@@ -121,50 +188,12 @@ class WinexecActivitySubprocess(_PopenActivitySubprocess):
         containment = Containment()
         try:
             with _ResourceTracker(timeout=startup_timeout) as tracker:
-                comm_server, logs_server = tracker.track(_start_server(), _start_server())
-                stdout_r, stdout_w = tracker.track(*socket.socketpair())
-                stderr_r, stderr_w = tracker.track(*socket.socketpair())
-                env = {k: v for k, v in os.environ.items() if k not in COORDINATOR_ENV}
-                env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = conf.get("logging", "logging_level", fallback="INFO")
-                env["AIRFLOW__LOGGING__NAMESPACE_LEVELS"] = conf.get(
-                    "logging", "namespace_levels", fallback=""
-                )
-                proc = subprocess.Popen(
-                    [
-                        *command,
-                        "--comm={0[0]}:{0[1]}".format(comm_server.getsockname()),
-                        "--logs={0[0]}:{0[1]}".format(logs_server.getsockname()),
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    env=env,
-                    **containment.popen_kwargs(),
-                )
-                tracker.track(proc)
-                containment.adopt(proc)
-                if _listener is not None:
-                    _listener.on_launch(proc, containment)
-                for src, dst, name in ((proc.stdout, stdout_w, "stdout"), (proc.stderr, stderr_w, "stderr")):
-                    tracker.untrack(dst)
-                    assert src is not None
-                    threading.Thread(
-                        target=_pump, args=(src, dst), name=f"winexec-{name}-pump", daemon=True
-                    ).start()
-                log.info("Starting subprocess", pid=proc.pid)
-
-                socks, drained = _accept_connections(
-                    {"comm": comm_server, "logs": logs_server},
-                    {"stdout": stdout_r, "stderr": stderr_r},
-                    proc,
-                    max_wait=startup_timeout,
-                )
-                tracker.track(*socks.values())
-
+                child = spawn(tracker, command, containment, startup_timeout)
+                comm_server, logs_server, socks = child.comm_server, child.logs_server, child.socks
                 self = cls(
                     id=what.id,
-                    pid=proc.pid,
-                    process=PopenTracker(proc),
+                    pid=child.proc.pid,
+                    process=PopenTracker(child.proc),
                     process_log=logger or structlog.get_logger(logger_name="task").bind(),
                     start_time=time.monotonic(),
                     stdin=socks[comm_server],
@@ -175,8 +204,8 @@ class WinexecActivitySubprocess(_PopenActivitySubprocess):
                     **kwargs,
                 )
                 self._register_pipe_readers(
-                    *tracker.untrack(stdout_r, stderr_r, socks[comm_server], socks[logs_server]),
-                    data=drained,
+                    *tracker.untrack(child.stdout, child.stderr, socks[comm_server], socks[logs_server]),
+                    data=child.drained,
                 )
                 self._on_child_started(
                     ti=what,
@@ -184,7 +213,7 @@ class WinexecActivitySubprocess(_PopenActivitySubprocess):
                     bundle_info=bundle_info,
                     sentry_integration=sentry_integration,
                 )
-                tracker.untrack(comm_server, logs_server, proc)
+                tracker.untrack(comm_server, logs_server, child.proc)
         except BaseException:
             containment.kill()
             raise

@@ -8,6 +8,8 @@ Modes::
     python -m winexec.agent --stop RUN_ID [--wait S]  # stdin {"reason"}: stop that run
     python -m winexec.agent --runs           # one JSON line: the winexec runs active on this host
     python -m winexec.agent --read-log       # stdin {"path", "offset", "limit"}: one page of a task log
+    python -m winexec.agent --test-connection  # stdin {"workload", "server"}: an Airflow connection test
+    python -m winexec.agent --callback       # stdin {"workload", "server"}: a DAG's callback
 
 In run mode stdout carries protocol lines only (``started``, ``heartbeat``, ``log``, and always a
 final ``exit``); everything else goes to ``<spool>/<ti>.try<N>.<launch key>.log``. The token
@@ -500,6 +502,16 @@ def main(argv: list[str] | None = None) -> int:
         "--read-log", action="store_true", help="print one page of a task log (request on stdin)"
     )
     mode.add_argument(
+        "--test-connection",
+        action="store_true",
+        help="run an Airflow connection test here as this principal (request on stdin)",
+    )
+    mode.add_argument(
+        "--callback",
+        action="store_true",
+        help="run a DAG's callback here as this principal (request on stdin)",
+    )
+    mode.add_argument(
         "--canary", action="store_true", help="try what a task needs here, as this principal (one JSON line)"
     )
     mode.add_argument(
@@ -518,9 +530,19 @@ def main(argv: list[str] | None = None) -> int:
         args.read_log,
         args.prepare_spool,
         args.canary,
+        args.test_connection,
+        args.callback,
     )
     if any(modes):
-        if args.canary:
+        if args.callback:
+            from winexec.agent import callbacks
+
+            out = callbacks.main()
+        elif args.test_connection:
+            from winexec.agent import conntest
+
+            out = conntest.main()
+        elif args.canary:
             from winexec.agent import canary
 
             out = canary.run()

@@ -833,5 +833,50 @@ def test_a_connection_test_whose_queue_no_host_serves_fails_with_the_reason(
     events = _run_until(ex, lambda: test.key in ex.event_buffer or not ex.queued_connection_tests)
     state, reason = events[test.key]
     assert state == ConnectionTestState.FAILED
-    assert reason == "no host in [winexec] hosts serves queue 'gpu' (they serve: default)"
+    assert (
+        reason
+        == "no host in [winexec] hosts serves queue 'gpu' (they serve: default): add it to a host's queues="
+    )
     assert not ex.queued_connection_tests and test.key not in ex.running and not transport.sessions
+
+
+def test_two_teams_run_on_their_own_hosts_as_their_own_principals(
+    transport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow's multi-team mode makes one executor per team; each reads its team's own
+    ``[<team>=winexec]`` (here its ``AIRFLOW__<TEAM>___WINEXEC__*``) and nothing of the other's."""
+    from winexec.config import WinexecConfigError
+
+    assert executor_mod.WindowsKerberosExecutor.supports_multi_team
+    for team, host in (("team_a", "win-a1.t"), ("team_b", "win-b1.t")):
+        keytab = tmp_path / f"{team}.keytab"
+        keytab.write_bytes(b"\x05\x02")
+        keytab.chmod(0o600)
+        env = f"AIRFLOW__{team.upper()}___WINEXEC__"
+        monkeypatch.setenv(env + "HOSTS", f"{host}?slots=2")
+        monkeypatch.setenv(env + "DEFAULT_PRINCIPAL", f"svc-{team[-1]}@T")
+        monkeypatch.setenv(env + "DEFAULT_KEYTAB", str(keytab))
+        monkeypatch.setenv(env + "HEARTBEAT_INTERVAL", "0.1")
+    monkeypatch.setenv("AIRFLOW__WINEXEC__HOSTS", "win-global.t")  # the global section: nobody's here
+    made = []
+    try:
+        for team in ("team_a", "team_b"):
+            ex = executor_mod.WindowsKerberosExecutor(parallelism=8, team_name=team)
+            ex.tickets = FakeTickets()
+            ex.start()
+            made.append(ex)
+            _queue(ex, _workload(f"{team}_task"))
+        for ex in made:
+            events = _run_until(ex, lambda ex=ex: not ex.running and not ex.queued_tasks)
+            assert [str(state) for state, _ in events.values()] == ["success"]
+        ran = {s.start.workload["ti"]["task_id"]: (s.host.name, s.principal) for s in transport.sessions}
+        assert ran == {"team_a_task": ("win-a1.t", "svc-a@T"), "team_b_task": ("win-b1.t", "svc-b@T")}
+        lost = executor_mod.WindowsKerberosExecutor(parallelism=8, team_name="team_c")  # nothing set
+        with pytest.raises(WinexecConfigError) as raised:
+            lost.start()
+        assert "team team_c ([team_c=winexec] or AIRFLOW__TEAM_C___WINEXEC__*): [winexec] hosts" in str(
+            raised.value
+        )
+    finally:
+        for ex in made:
+            ex.terminate()

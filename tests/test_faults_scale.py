@@ -189,6 +189,65 @@ def test_scheduler_killed_during_50_running_tasks_and_restarted(s: Scale, tmp_pa
         ex.terminate()
 
 
+@pytest.mark.timeout(600)
+def test_scheduler_killed_before_it_saved_where_its_runs_went_starts_none_twice(
+    s: Scale, tmp_path: Path
+) -> None:
+    """SIGKILL after the launches but before the scheduler saved ``<host>|<run_id>``: the TIs
+    keep only the id Airflow pre-assigned at queuing (``pre_assigns_external_executor_id``), and
+    the next scheduler finds each run by it on whichever host it went to, so none starts again."""
+    settings = replace(s.settings, python=str(s.long_python))
+    wls = [make_workload("winexec_preassigned", f"t{i:02d}") for i in range(12)]
+    for w in wls:
+        w.ti.external_executor_id = uuid.uuid4().hex  # what the scheduler saved with QUEUED
+    ids = {str(w.ti.id) for w in wls}
+    spec, events_file = tmp_path / "spec.pickle", tmp_path / "events.jsonl"
+    spec.write_bytes(pickle.dumps({"settings": settings, "keytabs": s.keytabs, "workloads": wls}))
+    log = (tmp_path / "scheduler.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fault_scheduler", str(spec), str(events_file)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+    def all_started() -> bool:
+        assert proc.poll() is None, (tmp_path / "scheduler.log").read_text()[-3000:]
+        return sum(1 for (ti, _), n in s.starts().items() if ti in ids) == len(wls)
+
+    try:
+        wait_for(all_started, 180, lambda: f"started: {s.starts()}")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+
+    ex = make_executor(settings, s.keytabs)
+    try:
+
+        def orm_ti(w: Any, ext: str) -> SimpleNamespace:
+            return SimpleNamespace(
+                key=w.ti.key,
+                external_executor_id=ext,
+                queue="default",
+                pool="default_pool",
+                executor_config=None,
+            )
+
+        tis = [orm_ti(w, str(w.ti.external_executor_id)) for w in wls]
+        never = make_workload("winexec_preassigned", "never")  # queued, never launched anywhere
+        lost = orm_ti(never, uuid.uuid4().hex)
+        assert ex.try_adopt_task_instances([*tis, lost]) == [lost]
+        keys = [w.ti.key for w in wls]
+        events = drive(ex, finished(keys), timeout=180)
+        assert {k: events[k][0] for k in keys} == {k: "success" for k in keys}
+        starts = s.starts()
+        assert [starts[(str(w.ti.id), 1)] for w in wls] == [1] * len(wls)  # none started twice
+        assert not ex.records and not ex.running
+    finally:
+        ex.terminate()
+
+
 # -- the soak --------------------------------------------------------------------------------------
 class FaultInjector:
     """Random faults on random hosts (and the KDC), each undone after its time; seeded.

@@ -632,13 +632,20 @@ def parse_bool(text: str) -> bool:
 Getter = Callable[[str], str]
 
 
-def airflow_getter() -> Getter:
-    """Read ``[winexec]`` with Airflow's ``conf`` (env vars, airflow.cfg, secrets backends)."""
+def airflow_getter(team_name: str | None = None) -> Getter:
+    """Read ``[winexec]`` with Airflow's ``conf`` (env vars, airflow.cfg, secrets backends).
+
+    With ``team_name`` (Airflow's multi-team mode), a team's own section: ``[<team>=winexec]``
+    in airflow.cfg or ``AIRFLOW__<TEAM>___WINEXEC__<OPTION>``, as Airflow resolves it; nothing
+    falls back to another team's or the global section, so teams share no host or principal.
+    """
     from airflow.configuration import conf
+
+    team = {"team_name": team_name} if team_name else {}
 
     def get(name: str) -> str:
         default = OPTIONS_BY_NAME[name].default if name in OPTIONS_BY_NAME else ""
-        value = conf.get(SECTION, name, fallback=default)
+        value = conf.get(SECTION, name, fallback=default, **team)
         return "" if value is None else str(value)
 
     return get
@@ -825,21 +832,24 @@ def _check_keytabs(s: Settings, opt: Callable[[str, str], None]) -> None:
 
 
 def reread_hosts(
-    settings: Settings, config_file: str | None = None
+    settings: Settings, config_file: str | None = None, team_name: str | None = None
 ) -> tuple[tuple[HostSpec, ...], list[str]]:
     """Re-read the host list while the scheduler runs (Airflow's ``conf`` is read once).
 
     Order as Airflow resolves it: ``AIRFLOW__WINEXEC__HOSTS`` if set, else ``[winexec] hosts`` from
-    airflow.cfg read afresh; plus ``hosts_file``. Returns the hosts and any problems (the caller
-    keeps the previous list on problems).
+    airflow.cfg read afresh; plus ``hosts_file``. A team's executor reads its own:
+    ``AIRFLOW__<TEAM>___WINEXEC__HOSTS``, ``[<team>=winexec]``. Returns the hosts and any problems
+    (the caller keeps the previous list on problems).
     """
-    text = os.environ.get("AIRFLOW__WINEXEC__HOSTS")
+    section = f"{team_name}={SECTION}" if team_name else SECTION
+    env = f"AIRFLOW__{team_name.upper()}___WINEXEC__HOSTS" if team_name else "AIRFLOW__WINEXEC__HOSTS"
+    text = os.environ.get(env)
     if text is None:
         path = config_file or os.environ.get("AIRFLOW_CONFIG") or _default_airflow_cfg()
         parser = configparser.ConfigParser(interpolation=None)
         try:
             parser.read(path)
-            text = parser.get(SECTION, "hosts", fallback=None)
+            text = parser.get(section, "hosts", fallback=None)
         except configparser.Error as e:
             return (), [f"[{SECTION}] hosts: cannot re-read {path}: {e}"]
     if text is None:

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.executors.base_executor import BaseExecutor
 
 from winexec import maintenance, metrics, oneshot, protocol
 from winexec.audit import AuditTrail, audit_path
-from winexec.config import HostSpec, Settings, load, reread_hosts
+from winexec.config import HostSpec, Settings, airflow_getter, load, reread_hosts
 from winexec.grants import DagFacts, match_on
 from winexec.identity import Identity, IdentityError, TaskFacts, for_connection_test, resolve
 from winexec.launcher import (
@@ -141,6 +141,13 @@ class WindowsKerberosExecutor(BaseExecutor):
     #: connection tests and DAG callbacks run on a host too (:mod:`winexec.oneshot`)
     supports_connection_test: bool = True
     supports_callbacks: bool = True
+    #: The scheduler saves a UUID with the QUEUED state: it is the workload's launch key, so a
+    #: scheduler killed after the launch but before it saved ``<host>|<run_id>`` leaves an id the
+    #: next one finds the run by (:meth:`try_adopt_task_instances`), instead of starting it again.
+    pre_assigns_external_executor_id: ClassVar[bool] = True
+    #: One executor per team (Airflow's multi-team mode), each with its own ``[<team>=winexec]``:
+    #: its own hosts, principals and grants.
+    supports_multi_team: bool = True
     serve_logs: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -166,7 +173,8 @@ class WindowsKerberosExecutor(BaseExecutor):
         self._clock: Callable[[], float] = time.monotonic
         self._principals: set[str] = set()
         self._execution_api: str | None = None
-        self._adopting: dict[TaskInstanceKey, tuple[Any, HostSpec, Identity, str]] = {}
+        #: (ti, host or None while searched for, identity, run id or launch key), by task
+        self._adopting: dict[TaskInstanceKey, tuple[Any, HostSpec | None, Identity, str]] = {}
         self._adopted: set[TaskInstanceKey] = set()
         self._principals_lock = threading.Lock()
         self._job_started: dict[TaskInstanceKey, float] = {}  # written by workers, read by sweeps
@@ -176,7 +184,7 @@ class WindowsKerberosExecutor(BaseExecutor):
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Validate ``[winexec]`` once (all problems in one error) and start the I/O workers."""
-        settings = self.settings or load()
+        settings = self.settings or self._load_settings()
         self.settings = settings
         self.pool = HostPool(
             settings.hosts,
@@ -190,12 +198,26 @@ class WindowsKerberosExecutor(BaseExecutor):
         self._next_refresh = self._clock() + settings.host_refresh_interval
         self._apply_drains(self._read_drains())
         self.log.info(
-            "winexec: %d host(s) %s, %d slot(s), %d I/O worker(s)",
+            "winexec%s: %d host(s) %s, %d slot(s), %d I/O worker(s)",
+            f" (team {self.team_name})" if self.team_name else "",
             len(settings.hosts),
             ", ".join(str(h) for h in settings.hosts),
             self.pool.total_slots(),
             settings.io_workers,
         )
+
+    def _load_settings(self) -> Settings:
+        """``[winexec]``, or a team's own section: its problems then say which team's."""
+        from winexec.config import WinexecConfigError
+
+        try:
+            return load(airflow_getter(self.team_name))
+        except WinexecConfigError as e:
+            if not self.team_name:
+                raise
+            team = self.team_name
+            where = f"team {team} ([{team}=winexec] or AIRFLOW__{team.upper()}___WINEXEC__*)"
+            raise WinexecConfigError([f"{where}: {p}" for p in e.problems]) from None
 
     def _s(self) -> Settings:
         if self.settings is None:
@@ -339,6 +361,7 @@ class WindowsKerberosExecutor(BaseExecutor):
                 execution_timeout=timeout,
                 log_path=workload.log_path,
                 weight=weight,
+                launch_key=_launch_key(getattr(workload.ti, "external_executor_id", None)),
             )
             self.records[key] = rec
             self.running.add(key)
@@ -358,7 +381,10 @@ class WindowsKerberosExecutor(BaseExecutor):
         facts = facts or TaskFacts(queue=_default_queue())
         queue, ident, reason = facts.queue, None, ""
         if not pool.serves(queue):
-            reason = f"no host in [winexec] hosts serves queue {queue!r} (they serve: {pool.queues()})"
+            reason = (
+                f"no host in [winexec] hosts serves queue {queue!r} (they serve: {pool.queues()}): "
+                "add it to a host's queues="
+            )
         else:
             try:
                 ident = for_connection_test(settings, queue) if test else resolve(settings, facts)
@@ -384,8 +410,10 @@ class WindowsKerberosExecutor(BaseExecutor):
             "winexec: %s on %s as %s (%s)", workload.display_name, host.name, ident.principal, ident.source
         )
         mode: oneshot.Mode = "--test-connection" if test else "--callback"
-        dump = workload.model_dump(mode="json")
-        self._submit(self._job_oneshot, workload, host, ident, mode, dump, self._server_url())
+        request: dict[str, Any] = {"workload": workload.model_dump(mode="json"), "server": self._server_url()}
+        if not test:
+            request["timeout"] = self.conf.getint("callbacks", "callback_execution_timeout", fallback=0)
+        self._submit(self._job_oneshot, workload, host, ident, mode, request)
 
     def _job_oneshot(
         self,
@@ -393,14 +421,20 @@ class WindowsKerberosExecutor(BaseExecutor):
         host: HostSpec,
         ident: Identity,
         mode: oneshot.Mode,
-        dump: dict[str, Any],
-        server: str | None,
+        request: dict[str, Any],
     ) -> None:
-        ok, said = oneshot.run_on_host(self._s(), host, ident, self.tickets, mode, dump, server)
-        self._results.put(("oneshot", None, (workload, host, ident, ok, said)))
+        ok, said, answered = oneshot.run_on_host(self._s(), host, ident, self.tickets, mode, request)
+        self._results.put(("oneshot", None, (workload, host, ident, ok, said, answered)))
 
-    def _on_oneshot(self, workload: Any, host: HostSpec, ident: Identity, ok: bool, said: str) -> None:
-        self._hosts().release(host.name, ident.principal)
+    def _on_oneshot(
+        self, workload: Any, host: HostSpec, ident: Identity, ok: bool, said: str, answered: bool
+    ) -> None:
+        pool = self._hosts()
+        pool.release(host.name, ident.principal)
+        if answered:  # a host that answered is healthy (this may have been its half-open probe)
+            pool.launch_succeeded(host.name)
+        elif pool.launch_failed(host.name):
+            self.log.warning("winexec: host %s taken out for %.0f s after failures", host.name, pool.cooldown)
         (self.log.info if ok else self.log.warning)("winexec: %s: %s", workload.display_name, said)
         self.running.discard(workload.key)
         self.event_buffer[workload.key] = (workload.success_state if ok else workload.failure_state, said)
@@ -607,7 +641,39 @@ class WindowsKerberosExecutor(BaseExecutor):
         except Exception as e:
             self._results.put(("reattach_failed", key, AgentFailure(f"reattach crashed: {e!r}")))
         else:
-            self._results.put(("reattached", key, (session, self._clock())))
+            self._results.put(("reattached", key, (session, self._clock(), run_id)))
+
+    def _job_find_and_reattach(
+        self, hosts: list[HostSpec], wanted: dict[TaskInstanceKey, tuple[Identity, str]]
+    ) -> None:
+        """Ask each host once, as these tasks' principal (``--runs``), which of their launch keys
+        run there, and reattach to each run found (one job each)."""
+        from winexec.hostcall import open_channel
+
+        assert self.tickets is not None
+        ident = next(iter(wanted.values()))[0]
+        by_launch = {launch_key: key for key, (_, launch_key) in wanted.items()}
+        unasked: list[str] = []
+        for host in hosts:
+            if not by_launch:
+                break
+            try:
+                self._ensure_principal(ident.principal)
+                with open_channel(self._s(), host, ident.principal, False, self.tickets) as channel:
+                    runs = channel.agent("--runs").get("runs") or []
+            except Exception as e:  # that host cannot say now: the others may
+                self.log.info("winexec: cannot ask %s which runs it has: %s", host.name, str(e))
+                unasked.append(host.name)
+                continue
+            for run in runs:
+                key = by_launch.pop(str(run.get("launch_key")), None) if run.get("run_id") else None
+                if key is not None:
+                    self._submit(self._job_reattach, key, host, wanted[key][0], str(run["run_id"]))
+        for launch_key, key in by_launch.items():
+            why = f"no host runs its launch {launch_key}"
+            if unasked:
+                why += f" (could not ask {', '.join(unasked)})"
+            self._results.put(("reattach_failed", key, AgentFailure(why)))
 
     def _job_clean_stray(self, stray: Stray) -> None:
         assert self.tickets is not None
@@ -627,7 +693,7 @@ class WindowsKerberosExecutor(BaseExecutor):
 
     def _job_refresh_hosts(self, _: None) -> None:
         try:
-            hosts, problems = reread_hosts(self._s())
+            hosts, problems = reread_hosts(self._s(), team_name=self.team_name)
             if self._quotas is None:
                 self._quotas = QuotaReader(self._s(), self.tickets)
             hosts = self._quotas.apply(hosts)
@@ -1132,34 +1198,47 @@ class WindowsKerberosExecutor(BaseExecutor):
 
         The external executor id ``<host>|<run_id>`` names the host and the run, and the run id
         is the id of the WinRM shell the agent runs in, so the shell can be found and connected
-        to again as the task's principal. This waits for the reattach attempts (a connect and a
-        read timeout per round of ``io_workers``): adoption happens when a scheduler takes over,
-        not on every heartbeat. Whatever could not be reattached is returned for the scheduler
+        to again as the task's principal. An id without ``|`` is the one the scheduler assigned
+        at queuing (the workload's launch key): the previous scheduler died before it saved
+        where the run went, so every host is asked (``--runs``) for a live run of that key.
+
+        This waits for the reattach attempts (a connect and a read timeout per round of
+        ``io_workers``, per host where a run is searched for): adoption happens when a scheduler
+        takes over, not on every heartbeat. Whatever could not be reattached is returned for the scheduler
         to reset.
         """
         if self.settings is None or self._io is None or self._closing:
             return tis
         s, pool = self._s(), self._hosts()
         pending: dict[TaskInstanceKey, TaskInstance] = {}
+        searches: dict[str, dict[TaskInstanceKey, tuple[Identity, str]]] = {}
         for ti in tis:
             try:
                 ext = str(getattr(ti, "external_executor_id", None) or "")
             except Exception:
                 continue
-            host_name, _, run_id = ext.partition("|")
-            if not run_id or host_name not in pool or ti.key in self.records:
+            host_name, sep, run_id = ext.partition("|")
+            if not ext or ti.key in self.records or (sep and (not run_id or host_name not in pool)):
                 continue
             try:
                 ident = resolve(s, self._facts_for_orm_ti(ti))
             except Exception as e:  # adoption must never take the scheduler down
                 self.log.warning("winexec: cannot adopt %s: %s", ti.key, str(e))
                 continue
-            host = pool[host_name].spec
-            self._adopting[ti.key] = (ti, host, ident, run_id)
             pending[ti.key] = ti
-            self._submit(self._job_reattach, ti.key, host, ident, run_id)
+            if sep:
+                host = pool[host_name].spec
+                self._adopting[ti.key] = (ti, host, ident, run_id)
+                self._submit(self._job_reattach, ti.key, host, ident, run_id)
+            else:
+                self._adopting[ti.key] = (ti, None, ident, ext)
+                searches.setdefault(ident.principal, {})[ti.key] = (ident, ext)
+        hosts = [h.spec for h in pool.active_hosts()]
+        for wanted in searches.values():  # one question per host and principal, not per task
+            self._submit(self._job_find_and_reattach, hosts, wanted)
         waves = -(-len(pending) // max(1, s.io_workers))  # reattaches run io_workers at a time
-        deadline = self._clock() + (s.connect_timeout + s.read_timeout) * max(1, waves)
+        per_wave = (s.connect_timeout + s.read_timeout) * (1 + (len(pool.active_hosts()) if searches else 0))
+        deadline = self._clock() + per_wave * max(1, waves)
         while any(k in self._adopting for k in pending) and self._clock() < deadline:
             time.sleep(0.05)
             self._drain_results()
@@ -1203,11 +1282,12 @@ class WindowsKerberosExecutor(BaseExecutor):
             if pending is not None:
                 self.log.warning("winexec: cannot reattach to %s: %s", key, payload.reason)
             return
-        session, at = payload
+        session, at, run_id = payload
         if pending is None or key is None or self._closing:
             self._submit(_stop_quietly, session, "not adopted")  # too late: the scheduler resets it
             return
-        ti, host, ident, run_id = pending
+        ti, searched, ident, _ = pending
+        host = session.host
         try:
             weight = task_weight(getattr(ti, "pool_slots", 1), getattr(ti, "executor_config", None))
         except ValueError:
@@ -1237,6 +1317,8 @@ class WindowsKerberosExecutor(BaseExecutor):
         self.records[key] = rec
         self.running.add(key)
         self._adopted.add(key)
+        if searched is None:  # found by its pre-assigned id: now Airflow learns where it runs
+            self.running_state(key, rec.external_id)
         self.log.info("winexec: adopted %s: reattached to run %s on %s", key, run_id, host.name)
         self._next_job(rec)
 
@@ -1297,6 +1379,14 @@ def _close_quietly(session: TaskSession, log_path: str | None = None) -> None:
 
         collect_log(session, log_path)
     session.close()
+
+
+def _launch_key(pre_assigned: str | None) -> str:
+    """The workload's launch key: the id Airflow saved with QUEUED (``pre_assigns_external_executor_id``),
+    unless it is an old ``<host>|<run_id>`` kept from an earlier launch; else a fresh one."""
+    if pre_assigned and "|" not in pre_assigned:
+        return str(pre_assigned)
+    return uuid.uuid4().hex
 
 
 def _default_queue() -> str:

@@ -149,17 +149,12 @@ def for_connection_test(settings: Settings, queue: str | None) -> Identity:
     ``default_principal``, i.e. what a task of that queue runs as when nothing else names one.
 
     No DAG asks, so grants (rules about DAGs) do not choose or refuse it; the Airflow user who
-    asks must be allowed to edit connections. Its TGT is forwarded when some rule delegates for
-    it, so a test of a SQL Server on another machine makes the second hop its tasks make.
+    asks must be allowed to edit connections. Its TGT is never forwarded: whoever may edit a
+    connection names the server the test talks to, and a delegated TGT on the host would let
+    the test act as the principal anywhere (a second hop is tested as far as RBCD allows it).
     """
     source: Source = "default"
     principal = settings.default_principal
     if queue and queue in settings.queue_principals:
         principal, source = settings.queue_principals[queue], "queue"
-    delegating = next((g for g in settings.grants if g.principal == principal and g.delegate), None)
-    return Identity(
-        principal=principal,
-        source=source,
-        delegate=delegating is not None,
-        grant=str(delegating) if delegating is not None else None,
-    )
+    return Identity(principal=principal, source=source, delegate=False)

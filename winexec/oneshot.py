@@ -2,11 +2,11 @@
 (``TestConnection``) and DAG callbacks (``ExecuteCallback``, e.g. a ``DeadlineAlert``'s
 ``SyncCallback``).
 
-Each one is a single agent command in its own WinRM shell: ``--test-connection`` or
-``--callback``. It runs on a host that serves its queue, as the principal the executor chose.
-Neither needs what a task needs: there are no heartbeats, no adoption and no log to copy. The
-agent bounds each one, with ``[connection_test] timeout`` or
-``[callbacks] callback_execution_timeout``. Each reports its own result to Airflow, through the
+Each one is a single agent command in its own WinRM shell: ``--test-connection`` or ``--callback``.
+It runs on a host that serves its queue, as the principal the executor chose. Neither needs what a
+task needs: there are no heartbeats, no adoption and no log to copy. The agent bounds each one, with
+``[connection_test] timeout`` or the scheduler's ``[callbacks] callback_execution_timeout`` (0,
+Airflow's default: no limit, as in Airflow). Each reports its own result to Airflow, through the
 Execution API for a test and through the executor's event for a callback. When a connection test
 cannot start, this module writes the reason onto its row. Otherwise the scheduler's reaper would
 fail the test later with a generic message.
@@ -36,28 +36,29 @@ def run_on_host(
     ident: Identity,
     tickets: Any,
     mode: Mode,
-    workload: dict[str, Any],
-    server: str | None,
-) -> tuple[bool, str]:
-    """Run the workload; (whether it succeeded, what happened) -- never raises."""
+    request: dict[str, Any],
+) -> tuple[bool, str, bool]:
+    """Run the workload: (whether it succeeded, what happened, whether the host answered at all,
+    which is what its health in placement learns from); never raises."""
     from winexec.hostcall import open_channel
     from winexec.launcher import LaunchError, classify
 
+    workload = dict(request.get("workload") or {})
     try:
         with open_channel(settings, host, ident.principal, ident.delegate, tickets) as channel:
-            answer = channel.agent(mode, {"workload": workload, "server": server})
+            answer = channel.agent(mode, request)
     except Exception as e:
         err = e if isinstance(e, LaunchError) else classify(e, host, ident.principal)
         reason = f"{_COULD_NOT[mode]} {host.name} as {ident.principal}: {err.reason}"
         if mode == "--test-connection":
             fail_connection_test(str(workload.get("connection_test_id")), reason)
-        return False, reason
+        return False, reason, False
     state, message = str(answer.get("state")), str(answer.get("message") or "")
     said = f"{state} on {answer.get('where') or host.name}" + (f": {message}" if message else "")
     if mode == "--test-connection" and state not in ("success", "failed"):  # no result was reported
         reason = f"the connection test on {host.name} as {ident.principal} ended: {said}"
         fail_connection_test(str(workload.get("connection_test_id")), reason)
-    return state == "success", said
+    return state == "success", said, True
 
 
 def fail_connection_test(test_id: str, reason: str) -> None:

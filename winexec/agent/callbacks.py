@@ -3,10 +3,10 @@ run on this host as this principal. stdin: ``{"workload": <ExecuteCallback, toke
 "server": <Execution API>}``.
 
 The Task SDK's ``supervise_callback`` supervises the callback. It brings the API client, the
-callback's log, ``[callbacks] callback_execution_timeout``, and the Connections and Variables the
-callback asks for. Its ``CallbackSubprocess`` forks, and Windows cannot fork. So in this process
-the SDK uses :class:`WinexecCallbackSubprocess` instead: the callback runs in a fresh interpreter
-(:mod:`winexec.agent.callback_runner`) inside a
+callback's log, ``[callbacks] callback_execution_timeout`` (the scheduler's, sent with the request),
+and the Connections and Variables the callback asks for. Its ``CallbackSubprocess`` forks, and
+Windows cannot fork. So in this process the SDK uses :class:`WinexecCallbackSubprocess` instead: the
+callback runs in a fresh interpreter (:mod:`winexec.agent.callback_runner`) inside a
 :class:`~winexec.agent.containment.Containment`, on loopback TCP. Tasks run the same way
 (:mod:`winexec.agent.coordinator`).
 
@@ -16,6 +16,7 @@ The answer (one JSON line) says how the callback ended. The token stays in this 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -139,6 +140,9 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         bundle = wl.get("bundle_info") or {}
     except (KeyError, TypeError, ValueError) as e:
         return {"state": "error", "message": f"invalid ExecuteCallback workload: {type(e).__name__}: {e}"}
+    timeout = int(request.get("timeout") or 0)
+    if timeout > 0:  # the scheduler's setting, not whatever this host's airflow.cfg says
+        os.environ["AIRFLOW__CALLBACKS__CALLBACK_EXECUTION_TIMEOUT"] = str(timeout)
     callback_supervisor.CallbackSubprocess = WinexecCallbackSubprocess  # type: ignore[misc]
     try:
         code = callback_supervisor.supervise_callback(

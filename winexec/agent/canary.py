@@ -30,7 +30,7 @@ from winexec.protocol import host_path
 
 #: A scheduled run's log path as Airflow writes it: the ``:`` of its timestamp is no NTFS name.
 SCHEDULED_LOG = "dag_id=canary/run_id=scheduled__2026-01-01T00:00:00+00:00/task_id=t/attempt=1.log"
-#: Seconds the Task SDK's import may take before the check says it is slow for a task start.
+#: Seconds the Task SDK's import may take before the check calls it slow for a task start.
 SLOW_IMPORT = 10.0
 
 Check = dict[str, Any]
@@ -65,13 +65,16 @@ def sdk_import() -> Check:
         )
     took = float(done.stdout.strip() or 0.0)
     total = time.monotonic() - t0
-    return _check(
-        "Task SDK import",
-        took < SLOW_IMPORT,
-        f"{took:.2f} s (interpreter start included: {total:.2f} s); every task's start pays it",
-        "the host is slow or overloaded (antivirus scanning site-packages is common): exclude the "
-        "Python install from real-time scanning, or give the host more CPU",
+    slow = (
+        f"; slow for a task start (over {SLOW_IMPORT:g} s): the host is slow or overloaded (antivirus "
+        "scanning site-packages is common): exclude the Python install from real-time scanning, or "
+        "give the host more CPU"
+        if took >= SLOW_IMPORT
+        else ""
     )
+    # slow is worth saying, not failing: the tasks still run, only later
+    detail = f"{took:.2f} s (interpreter start included: {total:.2f} s); every task's start pays it"
+    return _check("Task SDK import", True, detail + slow)
 
 
 def containment() -> Check:

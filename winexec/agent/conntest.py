@@ -11,7 +11,8 @@ without one. Here a timer reports the failure itself, ``grace`` seconds past the
 timeout, and ends the process. The WinRM shell's job then takes whatever the hook started.
 
 The answer (one JSON line) says what the SDK reported, so the executor can log it. The token
-stays in this process's memory and is scrubbed from every text it sends back.
+stays in this process's memory; it and the connection's password are scrubbed from every text
+sent back.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import threading
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 #: Seconds past the test's own timeout before the agent gives up on it (the SDK's timer, where it
 #: has one, fires first).
@@ -49,11 +51,22 @@ def run(request: dict[str, Any], grace: float = GRACE) -> dict[str, Any]:
     server = str(request.get("server") or "")
     where = f"{computer_name()} as {user_name()}"
 
+    secrets = [token] if token else []  # and the connection's password, once it is fetched
+
     def scrub(text: object) -> str:
-        return str(text).replace(token, "***") if token else str(text)
+        out = str(text)
+        for secret in secrets:
+            out = out.replace(secret, "***")
+        return out
 
     reported: dict[str, str] = {}
-    original = ConnectionTestOperations.update_state
+    original, fetch = ConnectionTestOperations.update_state, ConnectionTestOperations.get_connection
+
+    def get_connection(self: Any, connection_test_id: uuid.UUID) -> Any:
+        found = fetch(self, connection_test_id)
+        if found.password:  # a hook's message may quote it, raw or in a URI
+            secrets.extend({found.password, quote(found.password, safe="")})
+        return found
 
     def update_state(self: Any, id: uuid.UUID, state: Any, result_message: str | None = None) -> None:
         reported.update(state=str(getattr(state, "value", state)), message=scrub(result_message or ""))
@@ -70,6 +83,7 @@ def run(request: dict[str, Any], grace: float = GRACE) -> dict[str, Any]:
     timer = threading.Timer(timeout + grace, give_up)
     timer.daemon = True
     ConnectionTestOperations.update_state = update_state  # type: ignore[method-assign]
+    ConnectionTestOperations.get_connection = get_connection  # type: ignore[method-assign]
     timer.start()
     try:
         supervise_connection_test(
@@ -84,6 +98,7 @@ def run(request: dict[str, Any], grace: float = GRACE) -> dict[str, Any]:
     finally:
         timer.cancel()
         ConnectionTestOperations.update_state = original  # type: ignore[method-assign]
+        ConnectionTestOperations.get_connection = fetch  # type: ignore[method-assign]
     return {"state": reported.get("state", "unknown"), "message": reported.get("message", ""), "where": where}
 
 

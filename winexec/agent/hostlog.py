@@ -120,11 +120,13 @@ def active_runs() -> dict[str, Any]:
 
     me = computer_name()
     tasks: dict[str, Any] = {}
+    keys: dict[str, Any] = {}  # the executor's launch key of each of our runs (adoption finds runs by it)
     with contextlib.suppress(OSError):
         for path in spool.spool_dir().glob("*.json"):
             with contextlib.suppress(OSError, ValueError):
                 data = dict(json.loads(path.read_text()))
                 tasks[str(data.get("run_id"))] = data.get("task")
+                keys[str(data.get("run_id"))] = data.get("launch_key")
     runs: list[dict[str, Any]] = []
     for entry in spool.slot_entries():
         if entry.get("computer") not in (None, me):
@@ -132,7 +134,8 @@ def active_runs() -> dict[str, Any]:
         if not _alive(entry.get("agent_pid"), entry.get("agent_create_time")):
             continue
         run = {k: entry.get(k) for k in ("run_id", "started", "principal")}
-        runs.append({**run, "task": tasks.get(str(entry.get("run_id")))})
+        rid = str(entry.get("run_id"))
+        runs.append({**run, "task": tasks.get(rid), "launch_key": keys.get(rid)})
     return {"computer": me, "count": len(runs), "runs": runs}
 
 

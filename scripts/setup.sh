@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # acl: setfacl, for the stand-in's per-principal accounts and shares (winexec/sim/accounts.py)
-need_pkgs=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev gcc python3-venv python3-dev acl)
+# postgresql: Airflow with two schedulers (tests/test_schedulers_postgres.py); SQLite allows one
+need_pkgs=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev gcc python3-venv python3-dev acl postgresql)
 missing=()
 for p in "${need_pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -880,3 +880,22 @@ def test_two_teams_run_on_their_own_hosts_as_their_own_principals(
     finally:
         for ex in made:
             ex.terminate()
+
+
+def test_a_waiting_task_no_host_can_run_after_a_refresh_fails_with_the_reason(
+    make_executor, transport, logs
+) -> None:  # type: ignore[no-untyped-def]
+    """A heavy task waits for its slots; when a host refresh leaves no host with that many, the
+    wait would be forever: it fails with the reason instead."""
+    ex = make_executor(hosts=(HostSpec("win01.t", slots=2),))
+    assert ex.pool.acquire("svc@T") is not None  # one of win01's two slots busy: the heavy task waits
+    heavy = _workload("heavy", pool_slots=2)
+    _queue(ex, heavy)
+    ex.heartbeat()
+    assert heavy.ti.key in ex.records and not transport.sessions
+    ex.pool.update([HostSpec("win01.t", slots=1)])  # what a refresh of [winexec] hosts does
+    failed_log = logs / heavy.log_path
+    events = _run_until(ex, lambda: not ex.running and failed_log.exists())
+    assert _final(events, heavy.ti.key) == "failed" and not transport.sessions
+    assert "the task takes 2 host slots" in failed_log.read_text()
+    ex.pool.release("win01.t", "svc@T")

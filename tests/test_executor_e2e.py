@@ -23,7 +23,7 @@ import pytest
 from tests.test_launcher import DAG_ID, DAGS
 from winexec import protocol
 from winexec.testing.airflow_stack import AirflowStack, StackError
-from winexec.testing.world import World, windows_world
+from winexec.testing.world import World, peak_concurrency, windows_world
 
 SLOTS = 3
 
@@ -82,19 +82,6 @@ def stack(world: World) -> AirflowStack:
     return world.stack
 
 
-def _peak_concurrency(entries: list[dict[str, Any]]) -> int:
-    """Most agent pipelines ever running at once on one host (from the stand-in's own record)."""
-    edges = []
-    for e in entries:
-        if any("winexec.agent" in a for a in e["argv"]):
-            edges += [(e["time"], 1), (e["ended"] or float("inf"), -1)]
-    peak = now = 0
-    for _, step in sorted(edges, key=lambda x: (x[0], x[1])):
-        now += step
-        peak = max(peak, now)
-    return peak
-
-
 def _log_text(
     stack: AirflowStack, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int
 ) -> str:
@@ -149,7 +136,7 @@ def test_a_whole_dag_runs_on_the_windows_hosts(world: World, stack: AirflowStack
         assert agents and {e["endpoint"] for e in agents} == {profile}, (h.name, agents[:3])
     # the pool's slots were respected throughout, as counted by the hosts themselves
     for h in world.cluster.hosts:
-        assert 0 < _peak_concurrency(h.pipeline_log) <= SLOTS, (h.name, h.pipeline_log)
+        assert 0 < peak_concurrency(h.pipeline_log) <= SLOTS, (h.name, h.pipeline_log)
     # a task the rules refuse: the reason, naming principal, DAG and the rule it lacks, in its log
     log = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/unknown_principal/logs/1")
     text = str(log)

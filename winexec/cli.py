@@ -47,10 +47,11 @@ def _when(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds")
 
 
-def _settings(check_files: bool = True) -> Settings:
-    from winexec.config import load
+def _settings(check_files: bool = True, team: str | None = None) -> Settings:
+    """``[winexec]``, or with ``--team`` that team's own ``[<team>=winexec]`` (multi-team mode)."""
+    from winexec.config import airflow_getter, load
 
-    return load(check_files=check_files)
+    return load(airflow_getter(team), check_files=check_files)
 
 
 def _store(settings: Settings, principals: Iterable[str]) -> tuple[TicketStore, dict[str, str]]:
@@ -545,7 +546,7 @@ def hosts_command(args: argparse.Namespace) -> None:
     if action != "list":
         _maintain(args, action)
         return
-    rows = host_rows(_settings(check_files=False), getattr(args, "principal", None))
+    rows = host_rows(_settings(False, getattr(args, "team", None)), getattr(args, "principal", None))
     _print(rows if args.output == "json" else _table_rows(rows), args.output)
     if any(r["health"] != "ok" for r in rows):
         raise SystemExit(1)
@@ -556,7 +557,7 @@ def _maintain(args: argparse.Namespace, action: str) -> None:
     refresh (``host_refresh_interval``) or start."""
     from winexec import maintenance
 
-    settings = _settings(check_files=False)
+    settings = _settings(False, getattr(args, "team", None))
     name = getattr(args, "name", None)
     if not name:
         raise SystemExit(f"airflow winexec hosts {action} needs a host: airflow winexec hosts {action} HOST")
@@ -579,7 +580,7 @@ def _maintain(args: argparse.Namespace, action: str) -> None:
 def tickets_command(args: argparse.Namespace) -> None:
     """``airflow winexec tickets``."""
     _quiet(args)
-    rows = ticket_rows(_settings(check_files=False), getattr(args, "principal", None))
+    rows = ticket_rows(_settings(False, getattr(args, "team", None)), getattr(args, "principal", None))
     _print(rows if args.output == "json" else _table_rows(rows), args.output)
     if not all(r["ok"] for r in rows):
         raise SystemExit(1)
@@ -591,7 +592,7 @@ def check_command(args: argparse.Namespace) -> None:
     from winexec.config import WinexecConfigError
 
     try:
-        settings = _settings(check_files=True)
+        settings = _settings(True, getattr(args, "team", None))
     except WinexecConfigError as e:
         steps = [Step("settings", False, p, fix="fix the option in airflow.cfg") for p in e.problems]
     else:
@@ -638,6 +639,7 @@ def get_cli_commands() -> list[GroupCommand]:
         ("name",), nargs="?", metavar="HOST", help="the host to drain or resume, as [winexec] hosts names it"
     )
     arg_comment = Arg(("--comment",), help="why the host is drained (shown by airflow winexec hosts)")
+    arg_team = Arg(("--team",), help="a team's executor (multi-team mode): its own [<team>=winexec]")
     arg_canary = Arg(
         ("--canary",),
         action="store_true",
@@ -654,19 +656,27 @@ def get_cli_commands() -> list[GroupCommand]:
                     help="Each host's health (an authenticated WinRM shell), slots, queues, drain and "
                     "running winexec tasks; drain or resume a host",
                     func=lazy_load_command("winexec.cli.hosts_command"),
-                    args=(arg_action, arg_name, arg_comment, arg_principal, ARG_OUTPUT, ARG_VERBOSE),
+                    args=(
+                        arg_action,
+                        arg_name,
+                        arg_comment,
+                        arg_team,
+                        arg_principal,
+                        ARG_OUTPUT,
+                        ARG_VERBOSE,
+                    ),
                 ),
                 ActionCommand(
                     name="check",
                     help="Check settings, keytab, TGT, service ticket, shell and the agent, with fixes",
                     func=lazy_load_command("winexec.cli.check_command"),
-                    args=(arg_host, arg_principal, arg_canary, ARG_OUTPUT, ARG_VERBOSE),
+                    args=(arg_host, arg_principal, arg_canary, arg_team, ARG_OUTPUT, ARG_VERBOSE),
                 ),
                 ActionCommand(
                     name="tickets",
                     help="Each principal's TGT, acquired now from its keytab as the scheduler does",
                     func=lazy_load_command("winexec.cli.tickets_command"),
-                    args=(arg_principal, ARG_OUTPUT, ARG_VERBOSE),
+                    args=(arg_principal, arg_team, ARG_OUTPUT, ARG_VERBOSE),
                 ),
             ),
         )

@@ -518,6 +518,13 @@ class WindowsKerberosExecutor(BaseExecutor):
             host = pool.acquire(who, rec.excluded, queue, rec.weight) or (
                 pool.acquire(who, queue=queue, weight=rec.weight) if rec.excluded else None
             )
+            if host is None and rec.workload is not None and not pool.fits(queue, rec.weight):
+                # a host refresh took away every host that could ever run it: waiting is forever
+                reason, _ = self._unplaceable(rec.workload.ti)
+                self._audit("not_launched", rec, outcome="failed", reason=reason)
+                self._finish_unlaunched(rec.key, rec.log_path, reason)
+                self._forget(rec)
+                continue
             if host is None:
                 why = pool.waits(who, queue, rec.weight)
                 if why != rec.waits_for:  # said once per change, not every heartbeat

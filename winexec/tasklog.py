@@ -98,9 +98,10 @@ class _Reader:
 def _reader(executor: WindowsKerberosExecutor) -> _Reader:
     reader = getattr(executor, "_winexec_log_reader", None)
     if reader is None:
-        from winexec.config import load
+        from winexec.config import airflow_getter, load
 
-        reader = _Reader(executor.settings or load(check_files=False))
+        team = getattr(executor, "team_name", None)  # the api-server's instance of a team's executor
+        reader = _Reader(executor.settings or load(airflow_getter(team), check_files=False))
         executor._winexec_log_reader = reader  # type: ignore[attr-defined]
     return reader
 

@@ -10,7 +10,12 @@ A host's interpreter wrapper runs ``python -m winexec.testing.lite_agent`` where
 asks for ``python -m winexec.agent`` (other modes, ``--status`` etc., are the real agent's). The
 task appends one JSON line to ``$WINEXEC_FAULTS_LEDGER`` as its first action (so a test counts
 every start of every try), flags that its work began, then sleeps for a time drawn from
-``$WINEXEC_LITE_SECONDS`` (``"lo-hi"``, seeded by the task instance and try).
+``$WINEXEC_LITE_SECONDS`` (``"lo-hi"``, seeded by the task instance and try;
+``$WINEXEC_LITE_SECONDS__<dag_id>`` for one DAG's tasks).
+
+With ``$WINEXEC_LITE_API`` set, the agent also tells Airflow's Execution API what the Task SDK's
+supervisor would (the try started, then succeeded or failed), so a real scheduler sees its tasks
+run and end; nothing else of a task's API traffic (no XCom, no heartbeats: runs stay short).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from winexec.protocol import ExitState
 TASK = """
 import json, os, sys, time
 ti, try_number, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-entry = {"ti": ti, "try": try_number, "host": os.environ.get("COMPUTERNAME", "?"), "pid": os.getpid()}
+entry = {"ti": ti, "try": try_number, "host": os.environ.get("COMPUTERNAME", "?"), "pid": os.getpid(),
+         "time": time.time(), "seconds": seconds}
 with open(os.environ["WINEXEC_FAULTS_LEDGER"], "a", encoding="utf-8") as f:
     f.write(json.dumps(entry) + "\\n")
 running = os.environ.get("WINEXEC_RUNNING_FILE")
@@ -58,10 +64,27 @@ class LiteRun(AgentRun):
             raise InvalidWorkload("invalid workload: missing 'ti'")
         return SimpleNamespace(**{k: ti.get(k) for k in _TI_FIELDS})
 
+    def _api(self) -> Any:
+        """The Execution API client of a real Airflow's task, or ``None`` (fault tests)."""
+        if not os.environ.get("WINEXEC_LITE_API"):
+            return None
+        from airflow.sdk.api.client import Client
+
+        return Client(base_url=self.start.server or "", token=self.token)
+
     def supervise(self, ti: Any) -> int:
+        from datetime import datetime, timezone
+
         from winexec.agent.containment import Containment
 
-        seconds = task_seconds(str(ti.id), ti.try_number, os.environ.get("WINEXEC_LITE_SECONDS", "1"))
+        api = self._api()
+        if api is not None:  # as the supervisor does first: QUEUED -> RUNNING (refused if it is not ours)
+            api.task_instances.start(ti.id, os.getpid(), datetime.now(timezone.utc))
+
+        spec = os.environ.get(f"WINEXEC_LITE_SECONDS__{ti.dag_id}") or os.environ.get(
+            "WINEXEC_LITE_SECONDS", "1"
+        )
+        seconds = task_seconds(str(ti.id), ti.try_number, spec)
         containment = Containment()
         argv = [sys.executable, "-c", TASK, str(ti.id), str(ti.try_number), f"{seconds:.3f}"]
         watchdog = self.watch()
@@ -88,6 +111,12 @@ class LiteRun(AgentRun):
             state, reason = "success", "task instance success"
         else:
             state, reason = "failed", f"task instance failed, exit code {code}"
+        if api is not None:
+            now = datetime.now(timezone.utc)
+            if state == "success":
+                api.task_instances.succeed(ti.id, now, [], [], rendered_map_index=None)
+            else:
+                api.task_instances.finish(ti.id, "failed", now, rendered_map_index=None)
         if self.marker:
             with contextlib.suppress(OSError):
                 self.marker.update(state=state, exit_code=code, finished=time.time())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,22 @@ def hosts_option(cluster: SimCluster, slots: int, configurations: Sequence[str] 
     PSRP endpoint ("" or missing: the default)."""
     ends = list(configurations) + [""] * len(cluster.hosts)
     return ", ".join(host_entry(h, slots, configuration=c) for h, c in zip(cluster.hosts, ends, strict=False))
+
+
+def peak(intervals: Iterable[tuple[float, float]]) -> int:
+    """Most of these (start, end) intervals open at once."""
+    steps = [(t, step) for start, end in intervals for t, step in ((start, 1), (end, -1))]
+    now = top = 0
+    for _, step in sorted(steps):
+        now += step
+        top = max(top, now)
+    return top
+
+
+def peak_concurrency(entries: list[dict[str, Any]]) -> int:
+    """Most task runs (agent pipelines in run mode) ever at once on one host, from the stand-in's
+    own record."""
+    return peak((e["time"], e["ended"] or float("inf")) for e in entries if e["argv"][-1] == "winexec.agent")
 
 
 def merge_config(*configs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -120,6 +120,44 @@ def _host_of(info: Any) -> str:
     return str(info).partition("|")[0]
 
 
+def _orm_ti(w: Any, external_executor_id: str) -> SimpleNamespace:
+    """What the scheduler hands ``try_adopt_task_instances`` for a workload's task instance."""
+    return SimpleNamespace(
+        key=w.ti.key,
+        external_executor_id=external_executor_id,
+        queue="default",
+        pool="default_pool",
+        executor_config=None,
+    )
+
+
+def _run_scheduler_until_killed(
+    s: Scale, tmp_path: Path, settings: Settings, wls: list[Any], until: Callable[[Path], bool]
+) -> None:
+    """Run a scheduler (``tests.fault_scheduler``) in its own process on ``wls`` until
+    ``until(events_file)``, then SIGKILL it: no ``end()``, no disconnect."""
+    spec, events_file = tmp_path / "spec.pickle", tmp_path / "events.jsonl"
+    spec.write_bytes(pickle.dumps({"settings": settings, "keytabs": s.keytabs, "workloads": wls}))
+    log_file = tmp_path / "scheduler.log"
+    with log_file.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fault_scheduler", str(spec), str(events_file)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+        def ready() -> bool:
+            assert proc.poll() is None, log_file.read_text()[-3000:]
+            return until(events_file)
+
+        try:
+            wait_for(ready, 180, lambda: f"started: {s.starts()}")
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 # -- scheduler killed ------------------------------------------------------------------------------
 @pytest.mark.timeout(900)
 def test_scheduler_killed_during_50_running_tasks_and_restarted(s: Scale, tmp_path: Path) -> None:
@@ -128,19 +166,9 @@ def test_scheduler_killed_during_50_running_tasks_and_restarted(s: Scale, tmp_pa
     settings = replace(s.settings, python=str(s.long_python), hosts=hosts)
     wls = [make_workload("winexec_restart", f"t{i:02d}") for i in range(50)]
     ids = {str(w.ti.id) for w in wls}
-    spec, events_file = tmp_path / "spec.pickle", tmp_path / "events.jsonl"
-    spec.write_bytes(pickle.dumps({"settings": settings, "keytabs": s.keytabs, "workloads": wls}))
-    log = (tmp_path / "scheduler.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fault_scheduler", str(spec), str(events_file)],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     running: dict[str, str] = {}
 
-    def all_running() -> bool:
-        assert proc.poll() is None, (tmp_path / "scheduler.log").read_text()[-3000:]
+    def all_running(events_file: Path) -> bool:
         if events_file.exists():
             for line in events_file.read_text().splitlines():
                 e = json.loads(line)
@@ -149,33 +177,15 @@ def test_scheduler_killed_during_50_running_tasks_and_restarted(s: Scale, tmp_pa
         started = sum(1 for (ti, _), n in s.starts().items() if ti in ids)
         return len(running) == 50 and started == 50
 
-    try:
-        wait_for(all_running, 180, lambda: f"{len(running)} of 50 running: {running}")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        log.close()
+    _run_scheduler_until_killed(s, tmp_path, settings, wls, all_running)
     assert len(s.agents_running()) >= 50  # the kill took the scheduler only
 
     ex = make_executor(settings, s.keytabs)
     try:
-        tis = [
-            SimpleNamespace(
-                key=w.ti.key,
-                external_executor_id=running[w.ti.task_id],
-                queue="default",
-                pool="default_pool",
-                executor_config=None,
-            )
-            for w in wls
-        ]
-        gone = SimpleNamespace(  # a task whose agent is gone: handed back for the scheduler to reset
-            key=make_workload("winexec_restart", "gone").ti.key,
-            external_executor_id=f"{s.cluster.hosts[0].name}|{uuid.uuid4().hex}",
-            queue="default",
-            pool="default_pool",
-            executor_config=None,
-        )
+        tis = [_orm_ti(w, running[w.ti.task_id]) for w in wls]
+        # a task whose agent is gone: handed back for the scheduler to reset
+        gone_wl = make_workload("winexec_restart", "gone")
+        gone = _orm_ti(gone_wl, f"{s.cluster.hosts[0].name}|{uuid.uuid4().hex}")
         assert ex.try_adopt_task_instances([*tis, gone]) == [gone]  # all 50 adopted, only it back
         keys = [w.ti.key for w in wls]
         events = drive(ex, finished(keys), timeout=180)
@@ -201,42 +211,17 @@ def test_scheduler_killed_before_it_saved_where_its_runs_went_starts_none_twice(
     for w in wls:
         w.ti.external_executor_id = uuid.uuid4().hex  # what the scheduler saved with QUEUED
     ids = {str(w.ti.id) for w in wls}
-    spec, events_file = tmp_path / "spec.pickle", tmp_path / "events.jsonl"
-    spec.write_bytes(pickle.dumps({"settings": settings, "keytabs": s.keytabs, "workloads": wls}))
-    log = (tmp_path / "scheduler.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fault_scheduler", str(spec), str(events_file)],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
 
-    def all_started() -> bool:
-        assert proc.poll() is None, (tmp_path / "scheduler.log").read_text()[-3000:]
+    def all_started(_: Path) -> bool:
         return sum(1 for (ti, _), n in s.starts().items() if ti in ids) == len(wls)
 
-    try:
-        wait_for(all_started, 180, lambda: f"started: {s.starts()}")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        log.close()
+    _run_scheduler_until_killed(s, tmp_path, settings, wls, all_started)
 
     ex = make_executor(settings, s.keytabs)
     try:
-
-        def orm_ti(w: Any, ext: str) -> SimpleNamespace:
-            return SimpleNamespace(
-                key=w.ti.key,
-                external_executor_id=ext,
-                queue="default",
-                pool="default_pool",
-                executor_config=None,
-            )
-
-        tis = [orm_ti(w, str(w.ti.external_executor_id)) for w in wls]
+        tis = [_orm_ti(w, str(w.ti.external_executor_id)) for w in wls]
         never = make_workload("winexec_preassigned", "never")  # queued, never launched anywhere
-        lost = orm_ti(never, uuid.uuid4().hex)
+        lost = _orm_ti(never, uuid.uuid4().hex)
         assert ex.try_adopt_task_instances([*tis, lost]) == [lost]
         keys = [w.ti.key for w in wls]
         events = drive(ex, finished(keys), timeout=180)

@@ -10,14 +10,11 @@ Windows cannot fork.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
 import sys
 from typing import Any, NoReturn
 
-from winexec.agent.runner import _address
+from winexec.agent.runner import connect, exit_now, log_to_supervisor
 
 
 def _bundle_path(bundle: dict[str, Any], log: Any) -> str | None:
@@ -40,14 +37,7 @@ def _bundle_path(bundle: dict[str, Any], log: Any) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m winexec.agent.callback_runner")
-    parser.add_argument("--comm", required=True, type=_address)
-    parser.add_argument("--logs", required=True, type=_address)
-    args = parser.parse_args(argv)
-    comm = socket.create_connection(args.comm)
-    logs = socket.create_connection(args.logs)
+    comm, logs = connect("winexec.agent.callback_runner", argv)
     spec = json.loads(sys.stdin.readline() or "{}")
 
     from winexec.agent import compat
@@ -58,10 +48,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     from airflow.sdk.execution_time import task_runner
     from airflow.sdk.execution_time.callback_supervisor import CallbackToSupervisor, execute_callback
     from airflow.sdk.execution_time.comms import CommsDecoder, ToTask
-    from airflow.sdk.log import configure_logging, reset_logging
 
-    reset_logging()
-    configure_logging(json_output=True, output=logs.makefile("wb", buffering=0), sending_to_supervisor=True)
+    log_to_supervisor(logs)
     log = structlog.get_logger(logger_name="callback_runner")
     task_runner.SUPERVISOR_COMMS = CommsDecoder[ToTask, CallbackToSupervisor](log=log, socket=comm)  # type: ignore[assignment]
 
@@ -81,13 +69,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         import traceback
 
         traceback.print_exc()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    for s in (comm, logs):
-        with contextlib.suppress(OSError):
-            s.close()
-    os._exit(code)
+    exit_now(code, comm, logs)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 import uuid
@@ -32,14 +31,14 @@ from airflow.sdk.execution_time.callback_supervisor import CallbackSubprocess
 
 from winexec.agent import compat
 from winexec.agent.containment import Containment
-from winexec.agent.coordinator import spawn
+from winexec.agent.coordinator import ContainedKill, spawn
 
 #: Seconds the callback process has to connect back (interpreter start and the SDK's imports).
 STARTUP_TIMEOUT = 60.0
 
 
 @attrs.define(kw_only=True)
-class WinexecCallbackSubprocess(CallbackSubprocess):
+class WinexecCallbackSubprocess(ContainedKill, CallbackSubprocess):
     """``CallbackSubprocess`` whose child is a ``Popen`` in a :class:`Containment`, not a fork."""
 
     containment: Containment = attrs.field(factory=Containment)
@@ -105,24 +104,6 @@ class WinexecCallbackSubprocess(CallbackSubprocess):
         finally:
             self.containment.kill()  # nothing the callback started outlives it
             self.containment.close()
-
-    def kill(
-        self,
-        signal_to_send: signal.Signals = signal.SIGINT,
-        escalation_delay: float = 5.0,
-        force: bool = False,
-    ) -> None:
-        """The callback's whole tree (``callback_execution_timeout``): terminate, then kill."""
-        if self._exit_code is not None:
-            return
-        if not compat.is_kill_signal(signal_to_send):
-            self.containment.terminate()
-            deadline = time.monotonic() + escalation_delay
-            while self._exit_code is None and time.monotonic() < deadline:
-                self._service_subprocess(max_wait_time=0.2, raise_on_timeout=False)
-            if self._exit_code is not None or not force:
-                return
-        self.containment.kill()
 
 
 def run(request: dict[str, Any]) -> dict[str, Any]:

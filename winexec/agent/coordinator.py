@@ -165,8 +165,48 @@ def spawn(
     return Spawned(proc, comm_server, logs_server, socks, stdout_r, stderr_r, drained)
 
 
+class ContainedKill:
+    """``kill`` for a supervised child in a :class:`Containment`: the SDK's ``kill`` signals one
+    process group with POSIX signals; this stops the whole tree, politely first, on any OS."""
+
+    containment: Containment
+    pid: int
+    _exit_code: int | None
+
+    if TYPE_CHECKING:  # the SDK's, on the class this is mixed into (a stub here would shadow it)
+
+        def _service_subprocess(
+            self, max_wait_time: float, raise_on_timeout: bool = False, expect_signal: int | None = None
+        ) -> Any: ...
+
+    def kill(
+        self,
+        signal_to_send: signal.Signals = signal.SIGINT,
+        escalation_delay: float = 5.0,
+        force: bool = False,
+    ) -> None:
+        """Terminate the tree; kill it whole on a kill signal, or on ``force`` when it outlives the delay."""
+        if self._exit_code is not None:
+            return
+        if not compat.is_kill_signal(signal_to_send):
+            self.containment.terminate()
+            if self._wait_for_exit(escalation_delay) is not None or not force:
+                return
+            log.warning("Process did not terminate in time; killing the tree", pid=self.pid)
+        self.containment.kill()
+        self._wait_for_exit(escalation_delay)
+
+    def _wait_for_exit(self, delay: float) -> int | None:
+        end = time.monotonic() + delay
+        while (now := time.monotonic()) < end:
+            code = self._service_subprocess(max_wait_time=end - now, raise_on_timeout=False)
+            if code is not None:
+                return code
+        return self._exit_code
+
+
 @attrs.define(kw_only=True)
-class WinexecActivitySubprocess(_PopenActivitySubprocess):
+class WinexecActivitySubprocess(ContainedKill, _PopenActivitySubprocess):
     """``ActivitySubprocess`` over TCP whose child lives in a :class:`Containment`."""
 
     containment: Containment = attrs.field(factory=Containment)
@@ -218,31 +258,6 @@ class WinexecActivitySubprocess(_PopenActivitySubprocess):
             containment.kill()
             raise
         return self
-
-    def kill(
-        self,
-        signal_to_send: signal.Signals = signal.SIGINT,
-        escalation_delay: float = 5.0,
-        force: bool = False,
-    ) -> None:
-        """Stop the task's tree: terminate, then (``force`` or a kill signal) kill it whole."""
-        if self._exit_code is not None:
-            return
-        if not compat.is_kill_signal(signal_to_send):
-            self.containment.terminate()
-            if self._wait_for_exit(escalation_delay) is not None or not force:
-                return
-            log.warning("Process did not terminate in time; killing the tree", pid=self.pid)
-        self.containment.kill()
-        self._wait_for_exit(escalation_delay)
-
-    def _wait_for_exit(self, delay: float) -> int | None:
-        end = time.monotonic() + delay
-        while (now := time.monotonic()) < end:
-            code = self._service_subprocess(max_wait_time=end - now, raise_on_timeout=False)
-            if code is not None:
-                return code
-        return self._exit_code
 
 
 @attrs.define(kw_only=True)

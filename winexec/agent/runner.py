@@ -100,26 +100,46 @@ def _say_where() -> None:
     structlog.get_logger("winexec.agent").info(f"winexec: running on {host} as {who}{suffix}")
 
 
-def main(argv: list[str] | None = None) -> NoReturn:
-    parser = argparse.ArgumentParser(prog="python -m winexec.agent.runner")
+def connect(prog: str, argv: list[str] | None) -> tuple[socket.socket, socket.socket]:
+    """Parse ``--comm``/``--logs`` and connect both, first thing: the supervisor gives up on a
+    child that is slow to connect, and the imports that follow take a while."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}")
     parser.add_argument("--comm", required=True, type=_address)
     parser.add_argument("--logs", required=True, type=_address)
     args = parser.parse_args(argv)
+    return socket.create_connection(args.comm), socket.create_connection(args.logs)
 
-    # Connect first: the supervisor gives up if we are slow, and imports take a while.
-    comm = socket.create_connection(args.comm)
-    logs = socket.create_connection(args.logs)
+
+def log_to_supervisor(logs: socket.socket) -> None:
+    """Structured logs over the ``--logs`` socket, as the SDK's forked child sends them."""
+    from airflow.sdk.log import configure_logging, reset_logging
+
+    reset_logging()
+    configure_logging(json_output=True, output=logs.makefile("wb", buffering=0), sending_to_supervisor=True)
+
+
+def exit_now(code: int, *socks: socket.socket) -> NoReturn:
+    """Flush, close the sockets, and leave at once, like ``_fork_main``: threads the task or
+    callback started must not keep the process alive."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.close()
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    comm, logs = connect("winexec.agent.runner", argv)
 
     from winexec.agent import compat
 
     compat.install_runner()
 
     from airflow.sdk.execution_time.supervisor import block_orm_access
-    from airflow.sdk.log import configure_logging, reset_logging
 
-    log_io = logs.makefile("wb", buffering=0)
-    reset_logging()
-    configure_logging(json_output=True, output=log_io, sending_to_supervisor=True)
+    log_to_supervisor(logs)
     _bind_comms(comm)
     _route_sigbreak()
     _say_where()
@@ -143,13 +163,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         code = 126
     with contextlib.suppress(Exception):
         atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    for s in (comm, logs):
-        with contextlib.suppress(OSError):
-            s.close()
-    os._exit(code)  # like _fork_main: task threads must not keep the process alive
+    exit_now(code, comm, logs)
 
 
 if __name__ == "__main__":

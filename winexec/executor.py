@@ -412,7 +412,8 @@ class WindowsKerberosExecutor(BaseExecutor):
         mode: oneshot.Mode = "--test-connection" if test else "--callback"
         request: dict[str, Any] = {"workload": workload.model_dump(mode="json"), "server": self._server_url()}
         if not test:
-            request["timeout"] = self.conf.getint("callbacks", "callback_execution_timeout", fallback=0)
+            timeout = self._airflow_conf(("callbacks", "callback_execution_timeout"))
+            request["timeout"] = timeout.getint("callbacks", "callback_execution_timeout", fallback=0)
         self._submit(self._job_oneshot, workload, host, ident, mode, request)
 
     def _job_oneshot(
@@ -558,13 +559,24 @@ class WindowsKerberosExecutor(BaseExecutor):
             weight=rec.weight,
         )
 
+    def _airflow_conf(self, *options: tuple[str, str]) -> Any:
+        """This executor's ``conf`` (a team's own sections) where it sets one of ``options``, else
+        the deployment's: Airflow 3.3's team lookup does not fall back, so a team that sets none
+        would reach the Execution API at the built-in ``localhost:8080``, not the deployment's."""
+        from airflow.configuration import conf
+
+        if self.team_name and not any(self.conf.has_option(section, key) for section, key in options):
+            return conf
+        return self.conf
+
     def _server_url(self) -> str | None:
         """The Execution API URL the task on the host talks to (``[core] execution_api_server_url``)."""
         if self._execution_api is None:
             try:
                 from airflow.executors.base_executor import get_execution_api_server_url
 
-                self._execution_api = get_execution_api_server_url(self.conf)
+                source = self._airflow_conf(("core", "execution_api_server_url"), ("api", "base_url"))
+                self._execution_api = get_execution_api_server_url(source)
             except Exception as e:
                 self.log.warning("winexec: cannot resolve the execution API URL: %s", str(e))
                 self._execution_api = ""

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ class AirflowStack:
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 180.0,
         port: int | None = None,
+        teams: Sequence[str] = (),
     ) -> None:
         self._own_home = home is None
         self.home = Path(home) if home else Path(tempfile.mkdtemp(prefix="winexec-airflow-"))
@@ -87,6 +88,7 @@ class AirflowStack:
         self.extra_config = {k: dict(v) for k, v in (config or {}).items()}
         self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
+        self.teams = tuple(teams)  # multi-team mode: created before the bundles that name them
         self.port = port or free_port()  # a fixed one where a real host must reach it
         self.api_url = f"http://127.0.0.1:{self.port}"
         self.execution_api_url = f"{self.api_url}/execution/"
@@ -212,6 +214,8 @@ class AirflowStack:
         t0 = time.monotonic()
         self.write_config()
         self.cli("db", "migrate")
+        for team in self.teams:
+            self.cli("teams", "create", team)
         self.timings["db_migrate"] = time.monotonic() - t0
         t1 = time.monotonic()
         self.cli("dags", "reserialize")

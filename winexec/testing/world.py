@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from winexec.config import DEFAULT_MAX_SHELLS_PER_USER, DEFAULT_MAX_USERS
+from winexec.config import DEFAULT_MAX_SHELLS_PER_USER, DEFAULT_MAX_USERS, SECTION
 from winexec.sim.accounts import share
 from winexec.sim.cluster import SimCluster
 from winexec.sim.kdc import Realm
@@ -112,6 +112,7 @@ def windows_world(
     windows_like: bool = True,
     triggerer: bool = False,
     endpoints: Sequence[str] = (),
+    teams: Mapping[str, tuple[Sequence[int], str]] | None = None,
 ) -> Iterator[World]:
     """Start everything under ``workdir``; stop everything (no process left) on exit.
 
@@ -121,6 +122,9 @@ def windows_world(
     triggerer`` (deferrable operators; the triggers run on this machine, the tasks on the hosts).
     ``endpoints[i]``: the PSRP endpoint winexec uses on host i (e.g. ``PowerShell.7``; the hosts
     then have PowerShell 7 installed); the default is Microsoft.PowerShell, Windows PowerShell 5.1.
+    ``teams`` turns on Airflow's multi-team mode: team ``name: (host indices, principal)`` gets a
+    winexec of its own (``[core] executor = ...;name=winexec...``) whose ``[name=winexec]`` names
+    only those hosts, with that principal as its default; the teams exist in Airflow's database.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     # The hosts' Airflow home and the log share are folders every principal's account
@@ -160,15 +164,28 @@ def windows_world(
             "keytab_dir": str(realm.workdir / "keytabs"),
             **(winexec or {}),
         }
-        base = {"core": {"parallelism": str(hosts * slots)}, "winexec": section}
+        base: dict[str, dict[str, Any]] = {"core": {"parallelism": str(hosts * slots)}, "winexec": section}
+        executor = EXECUTOR
+        for team, (indices, principal) in (teams or {}).items():
+            own = realm.principal(principal)
+            base[f"{team}={SECTION}"] = {
+                **section,
+                "hosts": ", ".join(host_entry(cluster.hosts[i], slots) for i in indices),
+                "default_principal": own,
+                "default_keytab": str(realm.keytab_path(own)),
+            }
+            executor += f";{team}={EXECUTOR}"
+        if teams:
+            base["core"]["multi_team"] = "True"
         with AirflowStack(
             dags_folder,
             home=home,
-            executor=EXECUTOR,
+            executor=executor,
             scheduler=True,
             dag_processor=True,
             triggerer=triggerer,
             config=merge_config(base, config or {}),
             env=realm.env(),
+            teams=tuple(teams or ()),
         ) as stack:
             yield World(realm=realm, cluster=cluster, stack=stack, python=python)

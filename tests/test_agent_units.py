@@ -345,7 +345,7 @@ def test_the_agent_imports_only_the_task_sdk_of_airflow() -> None:
             assert mod.startswith("airflow.sdk"), f"{path.name} imports {mod}"
 
 
-def test_admission_ranks_live_agents_of_this_computer_by_claim_time(tmp_path: Path) -> None:
+def test_admission_ranks_live_agents_of_this_computer_by_ticket(tmp_path: Path) -> None:
     """Slot entries of live agents count, each agent once at its earliest entry; entries of
     finished runs are gone, a dead agent's and another computer's do not count, a fresh entry
     still being written counts as ahead, an old unreadable one (junk) does not."""
@@ -381,6 +381,38 @@ def test_admission_ranks_live_agents_of_this_computer_by_claim_time(tmp_path: Pa
     assert not spool.take_slot(again, 2, alive, tmp_path)  # fresh: maybe still being written
     os.utime(junk, (time.time() - 60, time.time() - 60))
     assert spool.take_slot(again, 2, alive, tmp_path)  # old junk counts for nothing
+
+
+def test_an_agent_that_claimed_first_but_ranks_last_stands_behind_the_runs_already_admitted(
+    tmp_path: Path,
+) -> None:
+    """Two schedulers' agents race for a host's last slot: the one that claimed its run first
+    (``started``) but was slower to add its slot entry must not rank ahead of the one that came
+    in between and was admitted, or both would run (over-admission); and an entry still choosing
+    its ticket counts as ahead."""
+    other = (os.getppid(), psutil.Process(os.getppid()).create_time())
+    alive = lambda pid, ct: psutil.pid_exists(pid)  # noqa: E731
+    slow = spool.Marker(
+        tmp_path / "slow.json", {"run_id": "slow", "started": time.time(), "computer": "WIN01"}
+    )
+    time.sleep(0.01)
+    fast = spool.Marker(
+        tmp_path / "fast.json", {"run_id": "fast", "started": time.time(), "computer": "WIN01"}
+    )
+    assert spool.take_slot(fast, 1, alive, tmp_path)  # the host's one slot, while slow was descheduled
+    entry = Path(fast.data["slot"])  # it is another agent's (here all are this process)
+    entry.write_text(
+        json.dumps({**json.loads(entry.read_text()), "agent_pid": other[0], "agent_create_time": other[1]})
+    )
+    assert not spool.take_slot(slow, 1, alive, tmp_path)  # its earlier claim buys it no place ahead
+    spool.release_slot(fast)
+    body = {"run_id": "choosing", "started": 0.0, "computer": "WIN01", "ticket": None}
+    (tmp_path / "choosing.slot").write_text(
+        json.dumps({**body, "agent_pid": other[0], "agent_create_time": other[1]})
+    )
+    assert not spool.take_slot(slow, 1, alive, tmp_path)
+    assert spool.take_slot(slow, 2, alive, tmp_path)
+    assert json.loads(Path(slow.data["slot"]).read_text())["ticket"] > 0 and not list(tmp_path.glob("*.tmp"))
 
 
 def test_admission_weighs_each_run_by_the_slots_it_takes(tmp_path: Path) -> None:

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tenacity
+
 #: Markers older than this are removed opportunistically; a try is never restarted that late.
 MAX_AGE_SECONDS = 14 * 24 * 3600
 
@@ -294,14 +296,18 @@ def take_slot(
 ) -> bool:
     """Whether ``marker``'s run gets ``weight`` of the host's ``slots``; if not, its entry is gone.
 
-    Admission on the host, not only counted by one scheduler: every agent first adds its slot
-    entry (atomic, in the shared run folder), then ranks the live entries of its computer by
-    claim time; all agents see the same order, so of two racing for the last slot exactly the
-    later one backs off. Each live agent (pid and start time) counts once, at its earliest entry:
-    an entry another principal forged for our agent changes nothing, and one for a process of its
-    own costs only what that principal could spend by running it. An entry still being written
-    counts as ahead of us (never over-admit). An entry weighs what it says, at most ``slots``
-    (a heavy task, ``pool_slots``): the run is admitted when the weight ahead of it plus its own fits.
+    Admission on the host, not only counted by one scheduler (several schedulers offer the same
+    host more than its slots). Lamport's bakery, on files in the shared run folder: an agent adds
+    its entry with no ticket yet (choosing), takes a ticket later than every ticket it then sees,
+    writes it, and only then ranks the live entries of its computer by ticket. An agent that had
+    not yet added its entry when another ranked takes a later ticket than that one's, so of two
+    racing for the last slot exactly one backs off; an entry still choosing, or still being
+    written, counts as ahead (never over-admit, at worst a refusal the scheduler retries). Each
+    live agent (pid and start time) counts once, at its earliest entry: an entry another
+    principal forged for our agent changes nothing, and one for a process of its own costs only
+    what that principal could spend by running it. An entry weighs what it says, at most
+    ``slots`` (a heavy task, ``pool_slots``): the run is admitted when the weight ahead plus its
+    own fits.
     """
     import psutil
 
@@ -315,14 +321,60 @@ def take_slot(
         "agent_create_time": me.create_time(),
         "started": marker.data["started"],
         "weight": weight,
+        "ticket": None,
     }
     path = _slot_path(root, entry["run_id"])
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     with os.fdopen(fd, "w") as f:
         json.dump(entry, f, sort_keys=True)
     marker.data["slot"] = str(path)
+    try:
+        entries, _ = _slot_entries(root, entry["computer"])
+        seen = [t for _, data in entries if (t := _ticket(data)) is not None]
+        entry["ticket"] = max([time.time(), *(t + 1e-6 for t in seen)])
+        tmp = path.with_name(path.name + ".tmp")  # not a *.slot: nobody reads it half-written
+        tmp.write_text(json.dumps(entry, sort_keys=True))
+        _replace(tmp, path)
+    except BaseException:
+        release_slot(marker)
+        raise
     rank: dict[tuple[Any, Any], tuple[float, str]] = {}
     weighs: dict[tuple[Any, Any], int] = {}
+    entries, unread = _slot_entries(root, entry["computer"])
+    for st, data in entries:
+        agent = (data.get("agent_pid"), data.get("agent_create_time"))
+        if not alive(*agent) or not _owned_by(st, agent[0]):
+            continue
+        ticket = _ticket(data)
+        key = (float("-inf") if ticket is None else ticket, str(data.get("run_id") or ""))
+        if agent not in rank or key < rank[agent]:
+            rank[agent] = key
+            weighs[agent] = _weight(data.get("weight"), slots)
+    mine = rank.get((entry["agent_pid"], entry["agent_create_time"]), (entry["ticket"], entry["run_id"]))
+    ahead = unread + sum(weighs[agent] for agent, key in rank.items() if key < mine)
+    if ahead + weight <= slots:
+        return True
+    release_slot(marker)
+    return False
+
+
+@tenacity.retry(
+    retry=tenacity.retry_if_exception_type(PermissionError),
+    stop=tenacity.stop_after_delay(2.0),
+    wait=tenacity.wait_fixed(0.01),
+    reraise=True,
+)
+def _replace(tmp: Path, path: Path) -> None:
+    """``os.replace``, retried briefly: on Windows a file another agent has open (reading it to
+    rank) cannot be replaced until it is closed (Python opens files without ``FILE_SHARE_DELETE``)."""
+    os.replace(tmp, path)
+
+
+def _slot_entries(root: Path, computer: Any) -> tuple[list[tuple[os.stat_result, dict[str, Any]]], int]:
+    """The slot entries of ``computer``, each with its file's status, and how many are still
+    being written (unreadable and fresh: each counts as ahead; old unreadable junk does not).
+    Other computers' entries in a shared folder (the stand-in's agent tests) are left out."""
+    out: list[tuple[os.stat_result, dict[str, Any]]] = []
     unread = 0
     now = time.time()
     for other in root.glob("*.slot"):
@@ -330,23 +382,21 @@ def take_slot(
             st = other.stat()
             data = dict(json.loads(other.read_text()))
         except (OSError, ValueError, TypeError):
-            unread += now - _mtime(other) < _BEING_WRITTEN  # an old unreadable entry is junk
+            unread += now - _mtime(other) < _BEING_WRITTEN
             continue
-        if data.get("computer") not in (None, entry["computer"]):
-            continue  # another computer's entry in a shared folder (the stand-in's agent tests)
-        agent = (data.get("agent_pid"), data.get("agent_create_time"))
-        if not alive(*agent) or not _owned_by(st, agent[0]):
-            continue
-        key = (float(data.get("started") or 0.0), str(data.get("run_id") or ""))
-        if agent not in rank or key < rank[agent]:
-            rank[agent] = key
-            weighs[agent] = _weight(data.get("weight"), slots)
-    mine = rank.get((entry["agent_pid"], entry["agent_create_time"]), (entry["started"], entry["run_id"]))
-    ahead = unread + sum(weighs[agent] for agent, key in rank.items() if key < mine)
-    if ahead + weight <= slots:
-        return True
-    release_slot(marker)
-    return False
+        if data.get("computer") in (None, computer):
+            out.append((st, data))
+    return out, unread
+
+
+def _ticket(data: dict[str, Any]) -> float | None:
+    """An entry's place in line; ``None`` while it is choosing one. Entries of agents from
+    before tickets stand in line by their claim time."""
+    value = data["ticket"] if "ticket" in data else data.get("started")
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _weight(value: Any, slots: int) -> int:

@@ -14,7 +14,7 @@ def work(i: int) -> None:
 
 @dag(schedule=None, catchup=False, max_active_tasks=64)
 def winexec_many() -> None:
-    work.expand(i=list(range(60)))
+    work.expand(i=list(range(200)))
 
 
 @dag(schedule=None, catchup=False, max_active_tasks=64)

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -519,6 +520,22 @@ def test_identity_error_fails_the_task_without_launching(make_executor, transpor
     (refusal,) = [json.loads(line) for line in (logs / "winexec" / "audit.jsonl").read_text().splitlines()]
     assert refusal["event"] == "refused" and refusal["outcome"] == "failed" and refusal["task_id"] == "t"
     assert "mallory@T (from executor_config) is not granted" in refusal["reason"]
+
+
+def test_a_workload_type_winexec_does_not_run_fails_its_task_with_the_reason(  # type: ignore[no-untyped-def]
+    make_executor, transport, logs
+) -> None:
+    """A newer Airflow's workload type: no exception in the scheduler loop (the base class raises
+    ValueError there), the task fails with the reason in its log, and nothing is launched."""
+    ex = make_executor()
+    task = _workload()
+    newer = SimpleNamespace(ti=task.ti, log_path=task.log_path)  # what a future workload type may be
+    ex.queue_workload(newer, session=None)
+    ex.queue_workload(SimpleNamespace(), session=None)  # not even a task: only said in the log
+    events = _run_until(ex, lambda: not ex.running)
+    assert _final(events, task.ti.key) == "failed" and not transport.attempts
+    _wait_log(logs / task.log_path)
+    assert "winexec does not run SimpleNamespace workloads" in (logs / task.log_path).read_text()
 
 
 def test_principal_from_executor_config_reaches_the_launcher(make_executor, transport) -> None:  # type: ignore[no-untyped-def]

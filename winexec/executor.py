@@ -242,6 +242,9 @@ class WindowsKerberosExecutor(BaseExecutor):
         """
         from airflow.executors import workloads as wl
 
+        if not isinstance(workload, (wl.ExecuteTask, wl.ExecuteCallback, wl.TestConnection)):
+            self._refuse_workload(workload)
+            return
         if isinstance(workload, wl.ExecuteCallback):
             super().queue_workload(workload, session)
             self._callback_facts[workload.key] = TaskFacts(
@@ -256,6 +259,21 @@ class WindowsKerberosExecutor(BaseExecutor):
         pool, run_as_user, timeout, dag = self._task_facts_from_db(ti, session, bundle)
         facts = TaskFacts.from_ti(ti, pool=pool, run_as_user=run_as_user, dag=dag)
         self._facts[ti.key] = (facts, timeout)
+
+    def _refuse_workload(self, workload: Any) -> None:
+        """A workload type this winexec does not know (a newer Airflow's): the base class would
+        raise in the scheduler loop, on every loop while the workload stays pending. Fail its
+        task, if it has one, with the reason in its log; say so in the scheduler's log either way."""
+        reason = (
+            f"winexec does not run {type(workload).__name__} workloads "
+            "(it runs ExecuteTask, ExecuteCallback and TestConnection)"
+        )
+        key = getattr(getattr(workload, "ti", None), "key", None)
+        if key is None:
+            self.log.error("winexec: %s", reason)
+            return
+        self.running.add(key)
+        self._finish_unlaunched(key, getattr(workload, "log_path", None), reason)
 
     def _callback_dag(self, workload: Any, session: Session) -> DagFacts:
         """The DAG a callback belongs to, as grants see it (its log path names it:

@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian 12 machine (as root): MIT Kerberos, a virtualenv, the project.
-# Idempotent: a stamp file skips the work when pyproject.toml has not changed.
+# Idempotent: a stamp file skips the work when pyproject.toml has not changed. A line per step;
+# what apt and pip print goes to .setup.log, shown when a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+log="$PWD/.setup.log"
+
+step() {  # step DESCRIPTION COMMAND...: run COMMAND with its output in the log
+    local what="$1"
+    shift
+    echo "setup: $what"
+    echo "=== $(date -u +%FT%TZ) $what" >>"$log"
+    if ! "$@" >>"$log" 2>&1; then
+        echo "setup: failed: $what; the end of $log:" >&2
+        tail -n 40 "$log" >&2
+        exit 1
+    fi
+}
 
 # acl: setfacl, for the stand-in's per-principal accounts and shares (winexec/sim/accounts.py)
 # postgresql: Airflow with two schedulers (tests/test_schedulers_postgres.py); SQLite allows one
@@ -12,19 +26,20 @@ for p in "${need_pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-    echo "setup: installing Debian packages: ${missing[*]}"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    step "updating Debian's package lists" $SUDO apt-get update -qq
+    step "installing Debian packages: ${missing[*]}" \
+        env DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 PY="${PYTHON:-python3}"
 stamp=".venv/.stamp-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-    echo "setup: creating .venv and installing winexec[scheduler,test,bench]"
-    [ -x .venv/bin/python ] || "$PY" -m venv .venv
-    .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[scheduler,test,bench]'
+    [ -x .venv/bin/python ] || step "creating .venv" "$PY" -m venv .venv
+    step "upgrading pip" .venv/bin/pip install -q --upgrade pip
+    step "installing winexec[scheduler,test,bench] with Airflow (a few minutes the first time; progress in $log)" \
+        .venv/bin/pip install -e '.[scheduler,test,bench]'
     rm -f .venv/.stamp-*
     touch "$stamp"
+    echo "setup: done (the full output is in $log)"
 fi

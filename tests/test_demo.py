@@ -59,6 +59,7 @@ def test_demo_runs_the_example_and_a_users_dag(tmp_path: Path) -> None:
     assert demo_tasks[("transform", -1)]["try_number"] == 2  # failed once, succeeded on retry
     assert demo_tasks[("transform", -1)]["state"] == "success"
     assert demo_tasks[("nightly_ssis_package", -1)]["state"] == "failed"  # stopped at its timeout
+    assert "as the DAG intends" in demo_tasks[("nightly_ssis_package", -1)]["note"]  # not winexec failing
     assert demo_tasks[("report", -1)]["state"] == "success"
     assert demo_tasks[("publish_to_share", -1)]["principal"] == "alice@WINEXEC.TEST"
     assert demo_tasks[("regions", -1)]["principal"] == "airflow@WINEXEC.TEST"
@@ -82,10 +83,27 @@ def test_table_lists_every_row() -> None:
             "host": "WIN01",
             "principal": "alice@R",
             "seconds": 1.25,
+            "note": "stopped at its 5 s execution_timeout",
         }
     ]
     text = demo.table(rows)
     assert "t[2]" in text and "WIN01" in text and "alice@R" in text and "1.2" in text
+    assert text.splitlines()[0].split()[-1] == "note" and text.endswith(
+        "stopped at its 5 s execution_timeout"
+    )
+
+
+def test_a_note_says_why_a_row_looks_as_it_does() -> None:
+    def ti(task_id: str, state: str | None, try_number: int = 1) -> dict[str, object]:
+        return {"task_id": task_id, "state": state, "try_number": try_number}
+
+    timed_out = ["winexec: running on WIN01 as X\\y", "Task timed out after 5 s", "done"]
+    assert demo.note(demo.DAG_ID, ti("nightly_ssis_package", "failed"), []).endswith("as the DAG intends")
+    assert demo.note("mine", ti("nightly_ssis_package", "failed"), timed_out) == "Task timed out after 5 s"
+    assert demo.note("mine", ti("t", "success", 2), []) == "succeeded on try 2"
+    assert demo.note("mine", ti("t", "success"), []) == ""
+    assert demo.note("mine", ti("t", "running"), []) == "running when the demo stopped waiting"
+    assert demo.note("mine", ti("t", None, 0), []) == "not started when the demo stopped waiting"
 
 
 def _demo(dags: Path, workdir: Path, *extra: str) -> subprocess.Popen[str]:

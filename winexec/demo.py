@@ -31,6 +31,18 @@ DAG_ID = "winexec_demo"
 UNFINISHED = "unfinished"
 REALM = "WINEXEC.TEST"  # the stand-in realm's (winexec.sim.kdc.Realm)
 EXAMPLE = Path(__file__).resolve().parent / "example_dags" / "winexec_demo.py"
+#: What the example DAG does on purpose (its docstring says so): the outcome each such task should
+#: have, and the note the table shows beside it, so a failed row that was meant to fail says so.
+INTENDED = {
+    "transform": ("success", "failed its first try on purpose; the retry succeeded"),
+    "nightly_ssis_package": ("failed", "stopped at its 5 s execution_timeout, as the DAG intends"),
+    "publish_to_share": ("success", "ran as alice; her forwarded ticket reached the share"),
+    "wait_for_export_file": ("success", "reschedule sensor: each poke a short run on a host"),
+    "wait_for_batch_window": ("success", "deferred: waited in Airflow's triggerer, resumed on a host"),
+    "report": ("success", "trigger_rule all_done: runs whatever happened upstream"),
+}
+#: Words of a log line that says why a task failed.
+REASON = re.compile(r"Error|Exception|[Tt]imeout|timed out|winexec: (?!running on)")
 #: What every task's log starts with (``winexec.agent.runner``).
 WHERE = re.compile(r"winexec: running on (\S+) as (\S+)(?: \((\S+)\))?")
 
@@ -59,12 +71,12 @@ def task_rows(world: World, dag_id: str, run_id: str) -> list[dict[str, Any]]:
     tis = world.stack.task_instances(dag_id, run_id)
     for ti in sorted(tis, key=lambda t: (t["task_id"], t["map_index"])):
         host = principal = ""
-        if ti["try_number"]:
-            for line in task_log_lines(world, dag_id, run_id, ti):
-                m = WHERE.search(line)
-                if m:
-                    host, principal = m.group(1), m.group(3) or m.group(2)
-                    break
+        lines = task_log_lines(world, dag_id, run_id, ti) if ti["try_number"] else []
+        for line in lines:
+            m = WHERE.search(line)
+            if m:
+                host, principal = m.group(1), m.group(3) or m.group(2)
+                break
         rows.append(
             {
                 "dag_id": dag_id,
@@ -75,9 +87,24 @@ def task_rows(world: World, dag_id: str, run_id: str) -> list[dict[str, Any]]:
                 "host": host,
                 "principal": principal,
                 "seconds": round(ti["duration"], 1) if ti.get("duration") is not None else None,
+                "note": note(dag_id, ti, lines),
             }
         )
     return rows
+
+
+def note(dag_id: str, ti: dict[str, Any], lines: list[str]) -> str:
+    """Why a row looks as it does: what the example DAG intends, else why a task failed (the last
+    log line that says so), or that it was still going when the demo stopped waiting."""
+    intended = INTENDED.get(ti["task_id"]) if dag_id == DAG_ID else None
+    if intended and intended[0] == ti["state"]:
+        return intended[1]
+    if ti["state"] in ("success", "skipped"):
+        return f"succeeded on try {ti['try_number']}" if ti["try_number"] > 1 else ""
+    if ti["state"] in ("failed", "upstream_failed", "up_for_retry"):
+        reason = next((ln for ln in reversed(lines) if REASON.search(ln)), "")
+        return reason.strip().splitlines()[0][:100] if reason.strip() else ""
+    return f"{ti['state'] or 'not started'} when the demo stopped waiting"
 
 
 def task_log_lines(world: World, dag_id: str, run_id: str, ti: dict[str, Any]) -> list[str]:
@@ -89,7 +116,7 @@ def task_log_lines(world: World, dag_id: str, run_id: str, ti: dict[str, Any]) -
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    cols = ["dag_id", "task", "state", "try", "host", "principal", "seconds"]
+    cols = ["dag_id", "task", "state", "try", "host", "principal", "seconds", "note"]
     cells = [
         [
             r["dag_id"],
@@ -99,13 +126,14 @@ def table(rows: list[dict[str, Any]]) -> str:
             r["host"],
             r["principal"],
             "" if r["seconds"] is None else f"{r['seconds']:.1f}",
+            r.get("note") or "",
         ]
         for r in rows
     ]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*cols), fmt.format(*("-" * w for w in widths))]
-    return "\n".join(lines + [fmt.format(*r) for r in cells])
+    return "\n".join(line.rstrip() for line in lines + [fmt.format(*r) for r in cells])
 
 
 def _dags(workdir: Path, folder: Path | None) -> Path:

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 __all__ = ["WindowsKerberosExecutor", "__version__"]
 
 #: what the executor imports from the ``scheduler`` extra, most of it only when it starts
-_SCHEDULER_SIDE = ("airflow", "pypsrp", "spnego", "gssapi", "krb5", "tenacity")
+_SCHEDULER_SIDE = ("airflow", "pypsrp", "spnego", "gssapi", "krb5")
 
 if TYPE_CHECKING:
     from winexec.executor import WindowsKerberosExecutor

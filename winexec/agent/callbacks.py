@@ -108,8 +108,7 @@ class WinexecCallbackSubprocess(ContainedKill, CallbackSubprocess):
 
 def run(request: dict[str, Any]) -> dict[str, Any]:
     """Run the callback under the SDK's supervisor; the answer's ``state`` is how it ended."""
-    from winexec.agent.hostinfo import user_name
-    from winexec.agent.hostlog import computer_name
+    from winexec.agent.hostinfo import computer_name, user_name
     from winexec.protocol import host_path
 
     wl = dict(request.get("workload") or {})

@@ -22,8 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from winexec.agent import hostinfo, spool
 from winexec.agent.containment import IS_WINDOWS, Containment
 from winexec.protocol import host_path
@@ -110,7 +108,8 @@ def containment() -> Check:
         box.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
-        survivors = [pid for pid in (proc.pid, int(grandchild) if grandchild.isdigit() else 0) if _alive(pid)]
+        pids = (proc.pid, int(grandchild) if grandchild.isdigit() else 0)
+        survivors = [pid for pid in pids if spool.alive(pid)]
     finally:
         if proc.poll() is None:  # the check itself failed: at least the root does not outlive it
             with contextlib.suppress(OSError):
@@ -143,16 +142,6 @@ def _first_line(proc: subprocess.Popen[str], timeout: float) -> str:
     reader.start()
     reader.join(timeout)
     return got[0].strip() if got else ""
-
-
-def _alive(pid: int) -> bool:
-    if not pid:
-        return False
-    try:
-        p = psutil.Process(pid)
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def run_folder() -> Check:
@@ -207,4 +196,5 @@ def run() -> dict[str, Any]:
         except Exception as e:  # a canary reports; it never takes the host's word for granted
             checks.append(_check(check.__name__, False, f"{type(e).__name__}: {e}", "report this"))
     # the self-check's facts (interpreter, packages, the logon's tickets) come along: one logon
-    return {"ok": all(c["ok"] for c in checks), "checks": checks, "self_check": hostinfo.self_check()}
+    facts = hostinfo.self_check(spool.usable_spool_dir())
+    return {"ok": all(c["ok"] for c in checks), "checks": checks, "self_check": facts}

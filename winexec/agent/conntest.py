@@ -37,8 +37,7 @@ def run(request: dict[str, Any], grace: float = GRACE) -> dict[str, Any]:
     from airflow.sdk.api.datamodels._generated import ConnectionTestState
     from airflow.sdk.execution_time.connection_test_supervisor import supervise_connection_test
 
-    from winexec.agent.hostinfo import user_name
-    from winexec.agent.hostlog import computer_name
+    from winexec.agent.hostinfo import computer_name, user_name
 
     wl = dict(request.get("workload") or {})
     token = str(wl.get("token") or "")

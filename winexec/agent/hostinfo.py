@@ -19,6 +19,11 @@ def host_name() -> str:
     return socket.getfqdn() or platform.node()
 
 
+def computer_name() -> str:
+    """``COMPUTERNAME`` on Windows (and in the stand-in, whose hosts share one machine)."""
+    return os.environ.get("COMPUTERNAME") or socket.gethostname()
+
+
 def user_name() -> str:
     """``DOMAIN\\user`` on Windows (USERDOMAIN/USERNAME), else the login name."""
     user = os.environ.get("USERNAME")
@@ -140,8 +145,9 @@ def _ccache_tgt() -> tuple[bool, str | None]:
         return False, None
 
 
-def self_check(spool: Path | None = None) -> dict[str, Any]:
-    """Facts ``airflow winexec check`` shows about a host; never raises."""
+def self_check(spool: Path | None) -> dict[str, Any]:
+    """Facts ``airflow winexec check`` shows about a host, ``spool`` its run folder if usable;
+    never raises."""
     from importlib import metadata
 
     info: dict[str, Any] = {
@@ -169,10 +175,6 @@ def self_check(spool: Path | None = None) -> dict[str, Any]:
         info["memory_free"] = int(psutil.virtual_memory().available)
     except Exception:
         info["memory_free"] = None
-    with contextlib.suppress(Exception):
-        from winexec.agent.spool import spool_dir
-
-        spool = spool or spool_dir()
     if spool is not None:
         info["spool"] = str(spool)
         with contextlib.suppress(OSError):

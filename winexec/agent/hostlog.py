@@ -13,21 +13,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import sys
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from winexec.agent.hostinfo import computer_name
 from winexec.protocol import host_path
 
 #: Largest page one ``--read-log`` answer carries (the caller may ask for less).
 MAX_PAGE = 4 * 1024 * 1024
 DEFAULT_PAGE = 512 * 1024
-
-
-def computer_name() -> str:
-    """``COMPUTERNAME`` on Windows (and in the stand-in, whose hosts share one machine)."""
-    return os.environ.get("COMPUTERNAME") or socket.gethostname()
 
 
 def base_log_folder() -> Path:
@@ -116,7 +111,6 @@ def active_runs() -> dict[str, Any]:
     """The winexec runs this host is running now: every principal's, from the slot entries; the
     task of this principal's own runs from their records (others' records are not ours to read)."""
     from winexec.agent import spool
-    from winexec.agent.main import _alive
 
     me = computer_name()
     tasks: dict[str, Any] = {}
@@ -128,11 +122,7 @@ def active_runs() -> dict[str, Any]:
                 tasks[str(data.get("run_id"))] = data.get("task")
                 keys[str(data.get("run_id"))] = data.get("launch_key")
     runs: list[dict[str, Any]] = []
-    for entry in spool.slot_entries():
-        if entry.get("computer") not in (None, me):
-            continue  # another host's entry in a shared folder (the stand-in's agent tests)
-        if not _alive(entry.get("agent_pid"), entry.get("agent_create_time")):
-            continue
+    for entry in spool.live_slot_entries(me):
         run = {k: entry.get(k) for k in ("run_id", "started", "principal")}
         rid = str(entry.get("run_id"))
         runs.append({**run, "task": tasks.get(rid), "launch_key": keys.get(rid)})

@@ -230,7 +230,7 @@ class AgentRun:
         refusal: tuple[ExitState, str] | None = None
         try:
             weight = max(1, self.start.weight)
-            if slots is not None and not spool.take_slot(marker, slots, _alive, weight=weight):
+            if slots is not None and not spool.take_slot(marker, slots, spool.alive, weight=weight):
                 need = f"; this task takes {weight}" if weight > 1 else ""
                 refusal = ("full", f"all {slots} slot(s) of this host are taken by other winexec runs{need}")
         except OSError as e:
@@ -353,8 +353,7 @@ class AgentRun:
 
 def _who(ti: Any) -> dict[str, Any]:
     """What ``--runs`` tells operators about a run: this computer, the task, the Windows user."""
-    from winexec.agent.hostinfo import user_name
-    from winexec.agent.hostlog import computer_name
+    from winexec.agent.hostinfo import computer_name, user_name
 
     index = "" if ti.map_index in (None, -1) else f"[{ti.map_index}]"
     return {
@@ -430,20 +429,6 @@ def _run(sink: EventSink, stdin: _Lines, run_class: type[AgentRun] = AgentRun) -
         return run.exit("error", None, f"agent error: {type(e).__name__}: {e}")
 
 
-def _alive(pid: Any, create_time: Any = None) -> bool:
-    if not pid:
-        return False
-    try:
-        import psutil
-
-        p = psutil.Process(int(pid))
-        if create_time is not None and abs(p.create_time() - float(create_time)) > 1:
-            return False
-        return p.status() != psutil.STATUS_ZOMBIE
-    except Exception:
-        return False
-
-
 def _status(run_id: str) -> dict[str, Any]:
     from winexec.agent import spool
 
@@ -454,8 +439,8 @@ def _status(run_id: str) -> dict[str, Any]:
     return {
         **d,
         "found": True,
-        "agent_alive": _alive(d.get("agent_pid"), d.get("agent_create_time")),
-        "task_alive": _alive(d.get("task_pid")),
+        "agent_alive": spool.alive(d.get("agent_pid"), d.get("agent_create_time")),
+        "task_alive": spool.alive(d.get("task_pid")),
     }
 
 
@@ -552,8 +537,9 @@ def main(argv: list[str] | None = None) -> int:
             out = {"spool": str(prepare_root())}
         elif args.self_check:
             from winexec.agent.hostinfo import self_check
+            from winexec.agent.spool import usable_spool_dir
 
-            out = self_check()
+            out = self_check(usable_spool_dir())
         elif args.runs:
             from winexec.agent.hostlog import active_runs
 

@@ -437,6 +437,35 @@ def release_slot(marker: Marker) -> None:
             os.unlink(slot)
 
 
+def alive(pid: Any, create_time: Any = None) -> bool:
+    """Whether process ``pid`` lives (and, with ``create_time``, is still the process that was)."""
+    if not pid:
+        return False
+    try:
+        import psutil
+
+        p = psutil.Process(int(pid))
+        if create_time is not None and abs(p.create_time() - float(create_time)) > 1:
+            return False
+        return p.status() != psutil.STATUS_ZOMBIE
+    except Exception:
+        return False
+
+
+def live_slot_entries(computer: Any, root: Path | None = None) -> list[dict[str, Any]]:
+    """The slot entries of ``computer``'s live agents: the winexec runs it is running now."""
+    entries, _ = _slot_entries(root or spool_root(), computer)
+    return [data for _, data in entries if alive(data.get("agent_pid"), data.get("agent_create_time"))]
+
+
+def usable_spool_dir() -> Path | None:
+    """This principal's run folder, or ``None`` where it is not usable (a self-check reports it)."""
+    try:
+        return spool_dir()
+    except Exception:
+        return None
+
+
 def slot_entries(root: Path | None = None) -> list[dict[str, Any]]:
     """Every slot entry in the run folder (what ``--runs`` may show of other principals' runs)."""
     root = root or spool_root()

@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from winexec.config import airflow_log_folder
+
 if TYPE_CHECKING:
     from airflow.models.taskinstancekey import TaskInstanceKey
 
@@ -38,12 +40,10 @@ def audit_path(settings: Settings) -> Path | None:
     if settings.audit_file:
         return Path(settings.audit_file).expanduser()
     try:
-        from airflow.configuration import conf
-
-        base = conf.get("logging", "base_log_folder", fallback="")
-    except Exception:
-        base = ""
-    return Path(base).expanduser() / "winexec" / "audit.jsonl" if base else None
+        base = airflow_log_folder()
+    except Exception:  # no Airflow configuration to read: no default place either
+        base = None
+    return base / "winexec" / "audit.jsonl" if base is not None else None
 
 
 class AuditTrail:

@@ -61,12 +61,8 @@ def _store(settings: Settings, principals: Iterable[str]) -> tuple[TicketStore, 
     store = TicketStore()
     errors: dict[str, str] = {}
     for principal in principals:
-        keytab = settings.keytab_for(principal)
-        if keytab is None:
-            errors[principal] = f"no keytab for {principal}: add it to [winexec] keytabs or set keytab_dir"
-            continue
         try:
-            store.add(principal, keytab)
+            store.ensure(principal, settings.keytab_for)
         except TicketError as e:
             errors[principal] = str(e)
     return store, errors
@@ -526,16 +522,9 @@ def _quiet(args: argparse.Namespace) -> None:
     import logging
 
     if not getattr(args, "verbose", False):
-        import winexec.launcher  # noqa: F401  (sets pypsrp's loggers first; raise them after)
+        from winexec.launcher import MESSAGE_LOGGERS  # (which sets them first; raised after)
 
-        for name in (
-            "winexec",
-            "pypsrp",
-            "pypsrp.messages",
-            "pypsrp.wsman",
-            "pypsrp.serializer",
-            "pypsrp.shell",
-        ):
+        for name in ("winexec", "pypsrp", *MESSAGE_LOGGERS):
             logging.getLogger(name).setLevel(logging.WARNING)
 
 

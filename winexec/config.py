@@ -651,6 +651,15 @@ def airflow_getter(team_name: str | None = None) -> Getter:
     return get
 
 
+def airflow_log_folder() -> Path | None:
+    """This machine's ``[logging] base_log_folder``: where Airflow here reads task logs, and where
+    winexec puts the reasons of tasks that never ran and its audit trail."""
+    from airflow.configuration import conf
+
+    base = conf.get("logging", "base_log_folder", fallback="")
+    return Path(base).expanduser() if base else None
+
+
 def mapping_getter(values: Mapping[str, Any]) -> Getter:
     """Read from a plain mapping (tests, tools); missing options take their declared default."""
 

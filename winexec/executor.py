@@ -13,7 +13,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
-import os
 import queue
 import threading
 import time
@@ -31,8 +30,7 @@ from airflow.executors.base_executor import BaseExecutor
 
 from winexec import maintenance, metrics, oneshot, protocol
 from winexec.audit import AuditTrail, audit_path
-from winexec.config import HostSpec, Settings, airflow_getter, load, reread_hosts
-from winexec.grants import DagFacts, match_on
+from winexec.config import HostSpec, Settings, airflow_getter, airflow_log_folder, load, reread_hosts
 from winexec.identity import Identity, IdentityError, TaskFacts, for_connection_test, resolve
 from winexec.launcher import (
     AgentFailure,
@@ -42,7 +40,6 @@ from winexec.launcher import (
     PollResult,
     PythonMissing,
     TaskSession,
-    TicketFailure,
     classify,
     open_session,
     python_missing_reason,
@@ -52,6 +49,7 @@ from winexec.launcher import (
 )
 from winexec.pool import HostPool, task_weight
 from winexec.quotas import QuotaReader
+from winexec.taskfacts import FactsReader
 from winexec.watchdog import Liveness, judge
 
 if TYPE_CHECKING:
@@ -164,7 +162,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         self._waiting: set[TaskInstanceKey] = set()
         self._seq = itertools.count()
         self._io: ThreadPoolExecutor | None = None
-        self._dagbag: Any = None
+        self._reader: FactsReader | None = None
         self._last_sweep = 0.0
         self._next_refresh = 0.0
         self._refreshing = False
@@ -248,7 +246,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         if isinstance(workload, wl.ExecuteCallback):
             super().queue_workload(workload, session)
             self._callback_facts[workload.key] = TaskFacts(
-                queue=_default_queue(), dag=self._callback_dag(workload, session)
+                queue=_default_queue(), dag=self._facts_reader().callback_dag(workload, session)
             )
             return
         super().queue_workload(workload, session)
@@ -256,9 +254,9 @@ class WindowsKerberosExecutor(BaseExecutor):
         if ti is None:
             return
         bundle = getattr(getattr(workload, "bundle_info", None), "name", None)
-        pool, run_as_user, timeout, dag = self._task_facts_from_db(ti, session, bundle)
-        facts = TaskFacts.from_ti(ti, pool=pool, run_as_user=run_as_user, dag=dag)
-        self._facts[ti.key] = (facts, timeout)
+        found = self._facts_reader().task(ti, session, bundle)
+        facts = TaskFacts.from_ti(ti, pool=found.pool, run_as_user=found.run_as_user, dag=found.dag)
+        self._facts[ti.key] = (facts, found.execution_timeout)
 
     def _refuse_workload(self, workload: Any) -> None:
         """A workload type this winexec does not know (a newer Airflow's): the base class would
@@ -274,70 +272,6 @@ class WindowsKerberosExecutor(BaseExecutor):
             return
         self.running.add(key)
         self._finish_unlaunched(key, getattr(workload, "log_path", None), reason)
-
-    def _callback_dag(self, workload: Any, session: Session) -> DagFacts:
-        """The DAG a callback belongs to, as grants see it (its log path names it:
-        ``executor_callbacks/<dag_id>/<run_id>/<id>``)."""
-        parts = str(workload.log_path or "").split("/")
-        dag_id = parts[1] if len(parts) > 2 and parts[0] == "executor_callbacks" else ""
-        bundle = getattr(workload.bundle_info, "name", None)
-        tags: frozenset[str] = frozenset()
-        team: str | None = None
-        try:
-            from airflow.models.dag import DagModel, DagTag
-            from sqlalchemy import select
-
-            tags = frozenset(session.scalars(select(DagTag.name).where(DagTag.dag_id == dag_id)))
-            if match_on(self._s().grants, "team"):
-                team = DagModel.get_team_name(dag_id, session=session)
-        except Exception as e:
-            self.log.warning("winexec: cannot read the tags and team of DAG %s: %s", dag_id, str(e))
-        return DagFacts(dag_id, bundle, tags, team)
-
-    def _task_facts_from_db(
-        self, ti: Any, session: Session, bundle: str | None = None
-    ) -> tuple[str | None, str | None, float | None, DagFacts]:
-        """The task's pool, run_as_user and execution_timeout, and what grants match on."""
-        pool: str | None = None
-        run_as_user: str | None = None
-        timeout: float | None = None
-        tags: frozenset[str] = frozenset()
-        team: str | None = None
-        try:
-            from airflow.models.taskinstance import TaskInstance as TI
-            from sqlalchemy import select
-
-            pool = session.scalar(select(TI.pool).where(TI.id == ti.id))
-        except Exception as e:
-            self.log.warning("winexec: cannot read the pool of %s: %s", ti.key, str(e))
-        try:
-            if self._dagbag is None:
-                from airflow.models.dagbag import DBDagBag
-
-                self._dagbag = DBDagBag()
-            dag = self._dagbag.get_dag(ti.dag_version_id, session=session)
-            task = dag.get_task(ti.task_id) if dag is not None else None
-            if task is not None:
-                run_as_user = getattr(task, "run_as_user", None) or None
-                et = getattr(task, "execution_timeout", None)
-                if et is not None:
-                    timeout = et.total_seconds() if hasattr(et, "total_seconds") else float(et)
-                if pool is None:
-                    pool = getattr(task, "pool", None)
-            tags = frozenset(str(t) for t in (getattr(dag, "tags", None) or ()))
-        except Exception as e:
-            self.log.warning("winexec: cannot read the task definition of %s: %s", ti.key, str(e))
-        try:
-            from airflow.models.dag import DagModel
-            from sqlalchemy import select
-
-            if bundle is None:
-                bundle = session.scalar(select(DagModel.bundle_name).where(DagModel.dag_id == ti.dag_id))
-            if match_on(self._s().grants, "team"):  # one more query, only where a rule needs it
-                team = DagModel.get_team_name(ti.dag_id, session=session)
-        except Exception as e:
-            self.log.warning("winexec: cannot read the bundle and team of %s: %s", ti.key, str(e))
-        return pool, run_as_user, timeout, DagFacts(str(ti.dag_id), bundle, tags, team)
 
     def _process_workloads(self, workload_items: Sequence[workloads.ExecutorWorkload]) -> None:
         """Accept as many tasks as there are free host slots; the rest stay queued for later."""
@@ -627,16 +561,10 @@ class WindowsKerberosExecutor(BaseExecutor):
         with self._principals_lock:
             if principal in self._principals:
                 return
-            add = getattr(self.tickets, "add", None)
-            if add is not None and principal not in getattr(self.tickets, "principals", ()):
-                keytab = self._s().keytab_for(principal)
-                if keytab is None:
-                    raise TicketFailure(
-                        f"no keytab for {principal}: add it to [winexec] keytabs or set keytab_dir",
-                        transient=False,
-                    )
+            ensure = getattr(self.tickets, "ensure", None)  # a test's fixed store has none
+            if ensure is not None:
                 try:
-                    add(principal, keytab)
+                    ensure(principal, self._s().keytab_for)
                 except Exception as e:
                     raise classify(e, HostSpec(name="-"), principal) from e
             self._principals.add(principal)
@@ -1258,7 +1186,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             if not ext or ti.key in self.records or (sep and (not run_id or host_name not in pool)):
                 continue
             try:
-                ident = resolve(s, self._facts_for_orm_ti(ti))
+                ident = resolve(s, self._facts_reader().orm_ti(ti))
             except Exception as e:  # adoption must never take the scheduler down
                 self.log.warning("winexec: cannot adopt %s: %s", ti.key, str(e))
                 continue
@@ -1288,30 +1216,10 @@ class WindowsKerberosExecutor(BaseExecutor):
             self.log.info("winexec: adopted %d of %d orphaned task(s)", len(adopted), len(tis))
         return [ti for ti in tis if ti.key not in adopted]
 
-    def _facts_for_orm_ti(self, ti: Any) -> TaskFacts:
-        """Identity facts of a scheduler-side TaskInstance, read through the session it is bound to.
-
-        Never a session of our own: Airflow's ``create_session`` is the scheduler's scoped
-        session, and closing it would detach the very instances being adopted.
-        """
-        from sqlalchemy.orm import object_session
-        from sqlalchemy.orm.exc import UnmappedInstanceError
-
-        run_as_user: str | None = None
-        dag = DagFacts(str(getattr(ti, "dag_id", "") or ""))
-        try:
-            session = object_session(ti)
-        except UnmappedInstanceError:  # not an ORM instance: nothing more to read
-            session = None
-        if session is not None:
-            _, run_as_user, _, dag = self._task_facts_from_db(ti, session)
-        return TaskFacts(
-            queue=getattr(ti, "queue", None),
-            pool=getattr(ti, "pool", None),
-            run_as_user=run_as_user,
-            executor_config=getattr(ti, "executor_config", None),
-            dag=dag,
-        )
+    def _facts_reader(self) -> FactsReader:
+        if self._reader is None:
+            self._reader = FactsReader(self._s().grants)
+        return self._reader
 
     def _on_reattach_result(self, kind: str, key: TaskInstanceKey | None, payload: Any) -> None:
         pending = self._adopting.pop(key, None) if key is not None else None
@@ -1434,14 +1342,8 @@ def _default_queue() -> str:
 
 
 def _log_file(log_path: str | None) -> Path | None:
-    if not log_path:
-        return None
-    from airflow.configuration import conf
-
-    base = conf.get("logging", "base_log_folder", fallback="")
-    if not base:
-        return None
-    return Path(os.path.expanduser(base)) / log_path
+    base = airflow_log_folder() if log_path else None
+    return base / log_path if base is not None and log_path else None
 
 
 def _make_ticket_store(settings: Settings) -> CredentialStore:

@@ -35,9 +35,10 @@ from winexec.config import HostSpec, Settings
 
 log = logging.getLogger(__name__)
 
-# pypsrp logs whole PSRP/WS-Man messages at DEBUG, and the first pipeline input carries the
-# task's token. Keep those loggers above DEBUG whatever the scheduler's log level is.
-for _name in ("pypsrp.messages", "pypsrp.wsman", "pypsrp.serializer", "pypsrp.shell"):
+#: pypsrp's loggers that log whole PSRP/WS-Man messages at DEBUG, and the first pipeline input
+#: carries the task's token: kept above DEBUG whatever the scheduler's log level is.
+MESSAGE_LOGGERS = ("pypsrp.messages", "pypsrp.wsman", "pypsrp.serializer", "pypsrp.shell")
+for _name in MESSAGE_LOGGERS:
     logging.getLogger(_name).setLevel(logging.INFO)
 
 #: WS-Man faults meaning "this host is at a WinRM quota": try another host, not a task failure.

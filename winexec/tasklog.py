@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from winexec.config import airflow_log_folder
+
 if TYPE_CHECKING:
     from winexec.config import Settings
     from winexec.executor import WindowsKerberosExecutor
@@ -60,38 +62,30 @@ def _remote_logging() -> bool:
     return conf.getboolean("logging", "remote_logging", fallback=False)
 
 
-def _local_base() -> Path | None:
-    from airflow.configuration import conf
-
-    base = conf.get("logging", "base_log_folder", fallback="")
-    return Path(os.path.expanduser(base)) if base else None
-
-
 def _render_path(ti: Any, try_number: int) -> str:
     """The relative log path exactly as the log view renders it (the dag run's log template)."""
     from airflow.utils.log.file_task_handler import FileTaskHandler
 
-    handler = FileTaskHandler(base_log_folder=str(_local_base() or ""))
+    handler = FileTaskHandler(base_log_folder=str(airflow_log_folder() or ""))
     return str(handler._render_filename(ti, try_number))
 
 
 class _Reader:
-    """What the api-server's executor instance keeps between log requests: settings and tickets."""
+    """What the api-server's executor instance keeps between log requests: settings, tickets,
+    and the reader of task facts (which principal a task ran as)."""
 
     def __init__(self, settings: Settings) -> None:
+        from winexec.taskfacts import FactsReader
         from winexec.tickets import TicketStore
 
         self.settings = settings
         self.tickets = TicketStore()  # never started: get() refreshes on demand
+        self.facts = FactsReader(settings.grants)
         self.lock = threading.Lock()
 
     def credential_store(self, principal: str) -> Any:
         with self.lock:
-            if principal not in self.tickets.principals:
-                keytab = self.settings.keytab_for(principal)
-                if keytab is None:
-                    raise LookupError(f"no keytab for {principal} in [winexec] on this machine")
-                self.tickets.add(principal, keytab)
+            self.tickets.ensure(principal, self.settings.keytab_for)
         return self.tickets
 
 
@@ -117,7 +111,7 @@ def read_task_log(executor: WindowsKerberosExecutor, ti: Any, try_number: int) -
         rel = _render_path(ti, try_number)
     except Exception as e:
         return [f"winexec: cannot render the log path: {e}"], []
-    base = _local_base()
+    base = airflow_log_folder()
     if base is not None and (base / rel).is_file():
         return [], []  # a shared log folder: Airflow reads the file itself
     if not run_id:
@@ -128,7 +122,7 @@ def read_task_log(executor: WindowsKerberosExecutor, ti: Any, try_number: int) -
         host = next((h for h in settings.hosts if h.name == host_name), None)
         if host is None:
             return [f"winexec: host {host_name} is no longer in [winexec] hosts"], []
-        ident = resolve(settings, executor._facts_for_orm_ti(ti))
+        ident = resolve(settings, reader.facts.orm_ti(ti))
         store = reader.credential_store(ident.principal)
         channel = open_channel(settings, host, ident.principal, False, store)
     except LaunchError as e:
@@ -163,7 +157,7 @@ def collect_log(session: TaskSession, log_path: str | None) -> Path | None:
         return None
     tmp: Path | None = None
     try:
-        base = _local_base()
+        base = airflow_log_folder()
         if base is None or _remote_logging():
             return None
         dest = base / log_path

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -598,6 +598,20 @@ class TicketStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def ensure(self, principal: str, keytab_for: Callable[[str], str | None]) -> None:
+        """Register ``principal`` unless it is known, with the keytab ``keytab_for`` names (a
+        ``Settings.keytab_for``: a principal first seen at run time, or by a tool);
+        :class:`PrincipalNotConfiguredError` when it names none."""
+        with self._entries_lock:
+            if principal in self._aliases:
+                return
+        keytab = keytab_for(principal)
+        if keytab is None:
+            raise PrincipalNotConfiguredError(
+                principal, "no keytab: add it to [winexec] keytabs or set keytab_dir"
+            )
+        self.add(principal, keytab)
+
     # -- the API callers use ---------------------------------------------------------------
     @property
     def principals(self) -> list[str]:
@@ -685,7 +699,7 @@ class TicketStore:
         return self._sync_refreshes
 
     def counters(self) -> dict[str, int]:
-        """The counters, for the executor to publish as metrics."""
+        """The counters in one snapshot (each also goes out as a metric when it happens)."""
         with self._counter_lock:
             return {
                 "renewals": self._renewals,

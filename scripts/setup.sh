@@ -29,7 +29,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     step "updating Debian's package lists" $SUDO apt-get update -qq
     step "installing Debian packages: ${missing[*]}" \
-        env DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 PY="${PYTHON:-python3}"

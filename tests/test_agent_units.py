@@ -415,6 +415,37 @@ def test_an_agent_that_claimed_first_but_ranks_last_stands_behind_the_runs_alrea
     assert json.loads(Path(slow.data["slot"]).read_text())["ticket"] > 0 and not list(tmp_path.glob("*.tmp"))
 
 
+def test_forged_entries_make_a_run_count_for_more_never_for_less(tmp_path: Path) -> None:
+    """Another principal's files in the shared folder: an entry naming our agent with no ticket
+    does not put our run ahead of one already admitted, a huge ticket does not make the next
+    ticket tie with it, and a ticket that is not a whole number counts as ahead."""
+    other = (os.getppid(), psutil.Process(os.getppid()).create_time())
+    me = psutil.Process()
+    alive = lambda pid, ct: psutil.pid_exists(pid)  # noqa: E731
+
+    def entry(name: str, agent: tuple[Any, Any], ticket: Any) -> None:
+        body = {"run_id": name, "computer": "WIN01", "ticket": ticket, "started": 0.0}
+        body.update(agent_pid=agent[0], agent_create_time=agent[1])
+        (tmp_path / f"{name}.slot").write_text(json.dumps(body))
+
+    def marker(name: str) -> spool.Marker:
+        return spool.Marker(
+            tmp_path / f"{name}.json", {"run_id": name, "started": time.time(), "computer": "WIN01"}
+        )
+
+    entry("admitted", other, 10**30)  # running, with a huge ticket
+    entry("forged-for-me", (me.pid, me.create_time()), None)
+    late = marker("late")
+    assert not spool.take_slot(late, 1, alive, tmp_path)  # not ahead of the admitted run
+    assert spool.take_slot(late, 2, alive, tmp_path)
+    assert json.loads(Path(late.data["slot"]).read_text())["ticket"] == 10**30 + 1
+    spool.release_slot(late)
+    entry("admitted", other, 1.5)  # not a whole number: ahead, whatever it says
+    again = marker("again")
+    assert not spool.take_slot(again, 1, alive, tmp_path)
+    assert spool.take_slot(again, 2, alive, tmp_path)
+
+
 def test_admission_weighs_each_run_by_the_slots_it_takes(tmp_path: Path) -> None:
     """A heavy task (``pool_slots``) is admitted only where its weight fits after the runs ahead
     of it; an entry claiming more than the host's slots weighs the slots, not more."""

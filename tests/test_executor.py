@@ -538,6 +538,26 @@ def test_a_workload_type_winexec_does_not_run_fails_its_task_with_the_reason(  #
     assert "winexec does not run SimpleNamespace workloads" in (logs / task.log_path).read_text()
 
 
+def test_a_teams_executor_takes_what_the_team_does_not_set_from_the_deployment(  # type: ignore[no-untyped-def]
+    make_executor, monkeypatch
+) -> None:
+    """Airflow's per-team lookup falls back to built-in defaults (``localhost:8080``, callbacks
+    unlimited), not to ``[core]``: what the team sets itself wins, the deployment's otherwise."""
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "http://api.corp:8080/execution/")
+    monkeypatch.setenv("AIRFLOW__CALLBACKS__CALLBACK_EXECUTION_TIMEOUT", "120")
+    ex = make_executor()
+    ex.team_name = "team_a"
+    from airflow.executors.base_executor import ExecutorConf
+
+    ex.conf = ExecutorConf("team_a")
+    assert ex._server_url() == "http://api.corp:8080/execution/"
+    timeout = ex._airflow_conf(("callbacks", "callback_execution_timeout"))
+    assert timeout.getint("callbacks", "callback_execution_timeout") == 120
+    monkeypatch.setenv("AIRFLOW__TEAM_A___CALLBACKS__CALLBACK_EXECUTION_TIMEOUT", "30")
+    timeout = ex._airflow_conf(("callbacks", "callback_execution_timeout"))
+    assert timeout.getint("callbacks", "callback_execution_timeout") == 30
+
+
 def test_principal_from_executor_config_reaches_the_launcher(make_executor, transport) -> None:  # type: ignore[no-untyped-def]
     ex = make_executor(grants=ALICE_TOO)
     w = _workload(executor_config={"winexec": {"principal": "alice@T"}})
@@ -914,5 +934,6 @@ def test_a_waiting_task_no_host_can_run_after_a_refresh_fails_with_the_reason(
     failed_log = logs / heavy.log_path
     events = _run_until(ex, lambda: not ex.running and failed_log.exists())
     assert _final(events, heavy.ti.key) == "failed" and not transport.sessions
+    _wait_log(failed_log)
     assert "the task takes 2 host slots" in failed_log.read_text()
     ex.pool.release("win01.t", "svc@T")

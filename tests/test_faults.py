@@ -153,11 +153,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     dags = tmp / "dags"
     dags.mkdir()
     shutil.copy(DAGS / "winexec_faults_dag.py", dags)
-    saved = {
-        k: os.environ.get(k)
-        for k in ("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "AIRFLOW__LOGGING__BASE_LOG_FOLDER")
-    }
     with (
+        pytest.MonkeyPatch.context() as mp,
         running_cluster(tmp / "realm", HOSTS, ("airflow", "alice"), windows_like=True) as (realm, cluster),
         AirflowStack(dags) as stack,
     ):
@@ -168,8 +165,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         host_env["WINEXEC_FAULTS_LEDGER"] = str(ledger)
         python = host_python(tmp / "host-python", host_env)
         # what the scheduler's airflow.cfg would say: where tasks reach the API, where logs go
-        os.environ["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = stack.execution_api_url
-        os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(stack.log_folder)
+        mp.setenv("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", stack.execution_api_url)
+        mp.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(stack.log_folder))
         hosts = tuple(HostSpec(h.name, "http", h.http_port, SLOTS, h.address) for h in cluster.hosts)
         settings = Settings(
             hosts=hosts,
@@ -198,11 +195,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         finally:
             for ex in w.made:
                 ex.terminate()
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 @pytest.fixture

@@ -30,11 +30,12 @@ def _modules() -> dict[str, Path]:
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The winexec modules ``name`` imports: ``from pkg import sub`` counts as ``pkg.sub``."""
     tree = ast.parse(path.read_text())
-    typing_only = {
+    typing_only = {  # the body of ``if TYPE_CHECKING:`` only (not its else, not ``if not ...``)
         id(n)
         for node in ast.walk(tree)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        for n in ast.walk(node)
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+        for stmt in node.body
+        for n in ast.walk(stmt)
     }
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     named: set[str] = set()

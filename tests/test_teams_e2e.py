@@ -71,13 +71,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 @pytest.mark.timeout(600)
 def test_each_teams_tasks_run_on_its_own_host_as_its_own_principal(world: World) -> None:
     stack = world.stack
-    log = stack.log_tail("scheduler", 10_000_000)
-    for team in TEAMS:  # the scheduler made one winexec per team, each from its own section
-        assert f"winexec (team {team}): 1 host(s)" in log, log[-5000:]
     runs = {team: stack.trigger(f"winexec_{team}") for team in TEAMS}
     for team, run_id in runs.items():
         state = stack.wait_for_run(f"winexec_{team}", run_id, timeout=420)
         assert state == "success", stack.log_tail("scheduler", 8000)
+    log = stack.log_tail("scheduler", 10_000_000)
+    for team in TEAMS:  # the scheduler made one winexec per team, each from its own section
+        assert f"winexec (team {team}): 1 host(s)" in log, log[-5000:]
     for team, (_, user, computer) in TEAMS.items():
         dag_id = f"winexec_{team}"
         assert stack.xcom(dag_id, runs[team], "whoami") == {"user": user, "host": computer}

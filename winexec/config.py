@@ -304,6 +304,36 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+
+_TRUE = {"true", "t", "1", "yes", "y", "on"}
+_FALSE = {"false", "f", "0", "no", "n", "off"}
+
+
+def parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not a boolean")
+
+
+def _coerce_default(o: Option) -> Any:
+    raw = o.default or ""
+    if o.type == "integer":
+        return int(raw or 0)
+    if o.type == "float":
+        return float(raw or 0)
+    if o.type == "boolean":
+        return parse_bool(raw or "false")
+    return raw
+
+
+def _default(name: str) -> Any:
+    """The option's declared default, typed as ``load`` types it: declared once, in ``OPTIONS``."""
+    return _coerce_default(OPTIONS_BY_NAME[name])
+
+
 #: Options that ``grants`` replaced: set, they stop the start-up with the way to say it now.
 RETIRED = {
     "allowed_principals": "grant each principal to the DAGs it may run in grants, e.g. "
@@ -429,38 +459,38 @@ class Settings:
     hosts: tuple[HostSpec, ...]
     #: ``hosts`` as read at start: the fallback when a refresh finds the option nowhere else.
     hosts_raw: str = ""
-    hosts_file: str = ""
-    default_slots: int = 4
-    host_refresh_interval: float = 60.0
-    host_failure_threshold: int = 3
-    host_cooldown: float = 60.0
+    hosts_file: str = _default("hosts_file")
+    default_slots: int = _default("default_slots")
+    host_refresh_interval: float = _default("host_refresh_interval")
+    host_failure_threshold: int = _default("host_failure_threshold")
+    host_cooldown: float = _default("host_cooldown")
     cert_validation: bool | str = True
-    message_encryption: bool = True
-    allow_unencrypted_http: bool = False
-    connect_timeout: int = 30
-    operation_timeout: int = 20
-    read_timeout: int = 30
-    poll_timeout: int = 1
-    io_workers: int = 16
-    python: str = "python.exe"
-    default_principal: str = ""
-    default_keytab: str = ""
+    message_encryption: bool = _default("message_encryption")
+    allow_unencrypted_http: bool = _default("allow_unencrypted_http")
+    connect_timeout: int = _default("connect_timeout")
+    operation_timeout: int = _default("operation_timeout")
+    read_timeout: int = _default("read_timeout")
+    poll_timeout: int = _default("poll_timeout")
+    io_workers: int = _default("io_workers")
+    python: str = _default("python")
+    default_principal: str = _default("default_principal")
+    default_keytab: str = _default("default_keytab")
     keytabs: Mapping[str, str] = field(default_factory=dict)
-    keytab_dir: str = ""
+    keytab_dir: str = _default("keytab_dir")
     queue_principals: Mapping[str, str] = field(default_factory=dict)
     pool_principals: Mapping[str, str] = field(default_factory=dict)
-    honor_run_as_user: bool = True
-    honor_executor_config: bool = True
+    honor_run_as_user: bool = _default("honor_run_as_user")
+    honor_executor_config: bool = _default("honor_executor_config")
     grants: tuple[Grant, ...] = ()
-    audit_file: str = ""
-    heartbeat_interval: float = 5.0
-    missed_heartbeats: int = 6
-    start_timeout: float = 120.0
-    keepalive_timeout: float = 300.0
-    execution_timeout_grace: float = 30.0
-    launch_attempts: int = 3
-    launch_backoff: float = 2.0
-    launch_backoff_max: float = 30.0
+    audit_file: str = _default("audit_file")
+    heartbeat_interval: float = _default("heartbeat_interval")
+    missed_heartbeats: int = _default("missed_heartbeats")
+    start_timeout: float = _default("start_timeout")
+    keepalive_timeout: float = _default("keepalive_timeout")
+    execution_timeout_grace: float = _default("execution_timeout_grace")
+    launch_attempts: int = _default("launch_attempts")
+    launch_backoff: float = _default("launch_backoff")
+    launch_backoff_max: float = _default("launch_backoff_max")
 
     @property
     def realm(self) -> str:
@@ -506,8 +536,6 @@ class Settings:
 
 
 # -- parsing helpers --------------------------------------------------------------------------
-_TRUE = {"true", "t", "1", "yes", "y", "on"}
-_FALSE = {"false", "f", "0", "no", "n", "off"}
 #: A PSRP session configuration name (``Register-PSSessionConfiguration -Name``).
 _CONFIGURATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 #: A shell's IdleTimeOut cannot be shorter (MS-WSMV IdleTimeoutms: "minimum value MUST be 60000";
@@ -617,15 +645,6 @@ def parse_pairs(text: str) -> tuple[dict[str, str], list[str]]:
         else:
             out[key] = value
     return out, problems
-
-
-def parse_bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise ValueError(f"{text!r} is not a boolean")
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -806,17 +825,6 @@ def load(get: Getter | None = None, *, check_files: bool = True) -> Settings:
     if problems:
         raise _config_error_class()(problems)
     return settings
-
-
-def _coerce_default(o: Option) -> Any:
-    raw = o.default or ""
-    if o.type == "integer":
-        return int(raw or 0)
-    if o.type == "float":
-        return float(raw or 0)
-    if o.type == "boolean":
-        return parse_bool(raw or "false")
-    return raw
 
 
 def _check_keytabs(s: Settings, opt: Callable[[str, str], None]) -> None:

@@ -42,7 +42,7 @@ INTENDED = {
     "report": ("success", "trigger_rule all_done: runs whatever happened upstream"),
 }
 #: Words of a log line that says why a task failed.
-REASON = re.compile(r"Error|Exception|[Tt]imeout|timed out|winexec: (?!running on)")
+REASON = re.compile(r"Error\b|Exception\b|Timeout\b|timed out|winexec: (?!running on)")
 #: What every task's log starts with (``winexec.agent.runner``).
 WHERE = re.compile(r"winexec: running on (\S+) as (\S+)(?: \((\S+)\))?")
 
@@ -99,8 +99,10 @@ def note(dag_id: str, ti: dict[str, Any], lines: list[str]) -> str:
     intended = INTENDED.get(ti["task_id"]) if dag_id == DAG_ID else None
     if intended and intended[0] == ti["state"]:
         return intended[1]
+    if ti["state"] == "success" and ti["try_number"] > 1:
+        return f"succeeded on try {ti['try_number']}"
     if ti["state"] in ("success", "skipped"):
-        return f"succeeded on try {ti['try_number']}" if ti["try_number"] > 1 else ""
+        return ""
     if ti["state"] in ("failed", "upstream_failed", "up_for_retry"):
         reason = next((ln for ln in reversed(lines) if REASON.search(ln)), "")
         return reason.strip().splitlines()[0][:100] if reason.strip() else ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import os
 import queue
 import threading
 import time
@@ -30,6 +31,7 @@ from airflow.executors.base_executor import BaseExecutor
 
 from winexec import maintenance, metrics, oneshot, protocol
 from winexec.audit import AuditTrail, audit_path
+from winexec.backoff import backoff
 from winexec.config import HostSpec, Settings, airflow_getter, airflow_log_folder, load, reread_hosts
 from winexec.identity import Identity, IdentityError, TaskFacts, for_connection_test, resolve
 from winexec.launcher import (
@@ -163,6 +165,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         self._seq = itertools.count()
         self._io: ThreadPoolExecutor | None = None
         self._reader: FactsReader | None = None
+        self._refused_kinds: set[str] = set()
         self._last_sweep = 0.0
         self._next_refresh = 0.0
         self._refreshing = False
@@ -261,17 +264,19 @@ class WindowsKerberosExecutor(BaseExecutor):
     def _refuse_workload(self, workload: Any) -> None:
         """A workload type this winexec does not know (a newer Airflow's): the base class would
         raise in the scheduler loop, on every loop while the workload stays pending. Fail its
-        task, if it has one, with the reason in its log; say so in the scheduler's log either way."""
+        task, if it names one not running here, with the reason in its log; otherwise say so
+        in the scheduler's log, once per type."""
+        kind = type(workload).__name__
         reason = (
-            f"winexec does not run {type(workload).__name__} workloads "
-            "(it runs ExecuteTask, ExecuteCallback and TestConnection)"
+            f"winexec does not run {kind} workloads (it runs ExecuteTask, ExecuteCallback and TestConnection)"
         )
         key = getattr(getattr(workload, "ti", None), "key", None)
-        if key is None:
+        if key is not None and key not in self.running:
+            self.running.add(key)
+            self._finish_unlaunched(key, getattr(workload, "log_path", None), reason)
+        elif kind not in self._refused_kinds:
+            self._refused_kinds.add(kind)
             self.log.error("winexec: %s", reason)
-            return
-        self.running.add(key)
-        self._finish_unlaunched(key, getattr(workload, "log_path", None), reason)
 
     def _process_workloads(self, workload_items: Sequence[workloads.ExecutorWorkload]) -> None:
         """Accept as many tasks as there are free host slots; the rest stay queued for later."""
@@ -512,14 +517,22 @@ class WindowsKerberosExecutor(BaseExecutor):
         )
 
     def _airflow_conf(self, *options: tuple[str, str]) -> Any:
-        """This executor's ``conf`` (a team's own sections) where it sets one of ``options``, else
-        the deployment's: Airflow 3.3's team lookup does not fall back, so a team that sets none
-        would reach the Execution API at the built-in ``localhost:8080``, not the deployment's."""
+        """This executor's ``conf`` (a team's own sections) where the team sets one of
+        ``options`` itself, else the deployment's: Airflow 3.3's team lookup falls back to the
+        built-in defaults, not to ``[core]``, so a team that sets none would send its hosts to the
+        Execution API at ``localhost:8080`` and give callbacks no time limit."""
+        import configparser
+
         from airflow.configuration import conf
 
-        if self.team_name and not any(self.conf.has_option(section, key) for section, key in options):
-            return conf
-        return self.conf
+        if not self.team_name:
+            return self.conf
+        team = self.team_name
+        for section, key in options:
+            env = f"AIRFLOW__{team.upper()}___{section.replace('.', '_').upper()}__{key.upper()}"
+            if env in os.environ or configparser.ConfigParser.has_option(conf, f"{team}={section}", key):
+                return self.conf
+        return conf
 
     def _server_url(self) -> str | None:
         """The Execution API URL the task on the host talks to (``[core] execution_api_server_url``)."""
@@ -898,7 +911,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             self._done(rec, stop_session=True)
             return
         cap = min(10.0, self._s().hung_after / 4)
-        self._next_job(rec, delay=min(0.5 * 2.0 ** min(rec.live.poll_failures - 1, 5), cap))
+        self._next_job(rec, delay=backoff(rec.live.poll_failures, 0.5, cap))
 
     def _on_exit(self, rec: TaskRecord, msg: protocol.Exit) -> None:
         if rec.stop_reason is not None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
 
 from winexec import protocol
+from winexec.backoff import backoff
 from winexec.config import HostSpec, Settings
 
 log = logging.getLogger(__name__)
@@ -247,19 +248,8 @@ def classify(exc: BaseException, host: HostSpec, principal: str) -> LaunchError:
 
 
 def retry_delay(attempt: int, initial: float, maximum: float) -> float:
-    """Seconds before launch attempt ``attempt + 1``: exponential backoff with jitter (tenacity).
-
-    ``initial * 2 ** (attempt - 1)`` plus up to ``initial`` of random jitter, capped at
-    ``maximum``; the jitter keeps tasks that failed together (a host or the KDC went down) from
-    coming back in lock-step. The executor waits on a timer, not in a thread, so only tenacity's
-    wait strategy is used, not its blocking retry loop.
-    """
-    import tenacity
-
-    wait = tenacity.wait_exponential_jitter(initial=initial, max=maximum, exp_base=2, jitter=initial)
-    state = tenacity.RetryCallState(retry_object=tenacity.Retrying(), fn=None, args=(), kwargs={})
-    state.attempt_number = max(1, attempt)
-    return float(wait(state))
+    """Seconds before launch attempt ``attempt + 1``, with up to ``initial`` of jitter."""
+    return backoff(attempt, initial, maximum, jitter=initial)
 
 
 def _ticket_error(exc: BaseException) -> LaunchError | None:
@@ -431,7 +421,7 @@ class TaskSession:
         last: LaunchError = err
         for attempt in range(SETTLE_ATTEMPTS):
             if attempt:
-                time.sleep(min(0.5 * 2 ** (attempt - 1), 4.0))  # 0.5, 1, 2, 4 s: a blip passes
+                time.sleep(backoff(attempt, 0.5, 4.0))  # 0.5, 1, 2, 4 s: a blip passes
             try:
                 self.reattach(start.run_id)
                 if input_sent and not self._agent_claimed():

@@ -42,6 +42,7 @@ import spnego
 import tenacity
 
 from winexec import metrics
+from winexec.backoff import backoff
 
 __all__ = [
     "AccountDisabledError",
@@ -356,12 +357,6 @@ def _new_context() -> krb5.Context:
     return krb5.init_context()
 
 
-def _backoff_state(attempt: int) -> tenacity.RetryCallState:
-    state = tenacity.RetryCallState(retry_object=tenacity.Retrying(), fn=None, args=(), kwargs={})
-    state.attempt_number = attempt
-    return state
-
-
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 #: How often the renewal thread looks at each keytab file for a replacement (key rotation).
 KEYTAB_CHECK = 30.0
@@ -406,9 +401,7 @@ class TicketStore:
         self.renew_lifetime = renew_lifetime
         self.allow_loose_keytab_permissions = allow_loose_keytab_permissions
         self._retry_initial = retry_initial
-        self._backoff = tenacity.wait_exponential_jitter(
-            initial=retry_initial, max=retry_max, jitter=retry_initial
-        )
+        self._retry_max = retry_max
         if ccache_dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="winexec-ccaches-"))
             self._owns_dir = True
@@ -872,7 +865,7 @@ class TicketStore:
         metrics.incr(metrics.TICKET_RENEWAL_FAILURES, principal=entry.principal)
         entry.failures += 1
         entry.last_error = str(exc)
-        delay = float(self._backoff(_backoff_state(entry.failures)))
+        delay = backoff(entry.failures, self._retry_initial, self._retry_max, jitter=self._retry_initial)
         entry.due = time.time() + delay
         level = logging.WARNING if exc.transient else logging.ERROR
         log.log(level, "%s (attempt %d; next try in %.1f s)", str(exc), entry.failures, delay)

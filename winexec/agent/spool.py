@@ -298,64 +298,79 @@ def take_slot(
 
     Admission on the host, not only counted by one scheduler (several schedulers offer the same
     host more than its slots). Lamport's bakery, on files in the shared run folder: an agent adds
-    its entry with no ticket yet (choosing), takes a ticket later than every ticket it then sees,
-    writes it, and only then ranks the live entries of its computer by ticket. An agent that had
-    not yet added its entry when another ranked takes a later ticket than that one's, so of two
-    racing for the last slot exactly one backs off; an entry still choosing, or still being
-    written, counts as ahead (never over-admit, at worst a refusal the scheduler retries). Each
-    live agent (pid and start time) counts once, at its earliest entry: an entry another
-    principal forged for our agent changes nothing, and one for a process of its own costs only
-    what that principal could spend by running it. An entry weighs what it says, at most
-    ``slots`` (a heavy task, ``pool_slots``): the run is admitted when the weight ahead plus its
-    own fits.
+    its entry with no ticket yet (choosing), takes the ticket one above every ticket of a live
+    agent it then sees, writes it, and only then ranks the live entries of its computer by
+    ticket. An agent that had not yet added its entry when another ranked takes a higher ticket
+    than that one's, so of two racing for the last slot exactly one backs off. Counted as ahead,
+    never behind (at worst a refusal the scheduler retries, never an over-admission): an entry
+    still choosing or being written, one whose ticket is not a whole number, and one of an agent
+    from before tickets. Tickets are integers: a forged huge one cannot make the next ticket
+    equal to it. Each other live agent (pid and start time) counts once, at its earliest entry
+    and its heaviest weight, and this agent at its own entry: an entry another principal forged
+    for an agent can make it count for more, never for less, and one forged for a process of its
+    own costs only what that principal could spend by running it. An entry weighs what it says,
+    at most ``slots`` (a heavy task, ``pool_slots``): the run is admitted when the weight ahead
+    plus its own fits.
+    While what stands ahead is only still choosing, the agent looks again for up to
+    :data:`_CHOOSING_WAIT` before it backs off, as the bakery waits for choosers.
     """
     import psutil
 
     root = root or spool_root()
     me = psutil.Process()
+    agent = (me.pid, me.create_time())
     entry = {
         "run_id": marker.data["run_id"],
         "computer": marker.data.get("computer"),
         "principal": marker.data.get("principal"),
-        "agent_pid": me.pid,
-        "agent_create_time": me.create_time(),
+        "agent_pid": agent[0],
+        "agent_create_time": agent[1],
         "started": marker.data["started"],
         "weight": weight,
         "ticket": None,
     }
     path = _slot_path(root, entry["run_id"])
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    with os.fdopen(fd, "w") as f:
-        json.dump(entry, f, sort_keys=True)
     marker.data["slot"] = str(path)
+    tmp = path.with_name(path.name + ".tmp")  # not a *.slot: nobody reads it half-written
     try:
-        entries, _ = _slot_entries(root, entry["computer"])
-        seen = [t for _, data in entries if (t := _ticket(data)) is not None]
-        entry["ticket"] = max([time.time(), *(t + 1e-6 for t in seen)])
-        tmp = path.with_name(path.name + ".tmp")  # not a *.slot: nobody reads it half-written
+        with os.fdopen(fd, "w") as f:
+            json.dump(entry, f, sort_keys=True)
+        live, _ = _live_entries(root, entry["computer"], alive)
+        entry["ticket"] = 1 + max((t for _, data in live if (t := _ticket(data)) is not None), default=0)
         tmp.write_text(json.dumps(entry, sort_keys=True))
         _replace(tmp, path)
     except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         release_slot(marker)
         raise
-    rank: dict[tuple[Any, Any], tuple[float, str]] = {}
-    weighs: dict[tuple[Any, Any], int] = {}
-    entries, unread = _slot_entries(root, entry["computer"])
-    for st, data in entries:
-        agent = (data.get("agent_pid"), data.get("agent_create_time"))
-        if not alive(*agent) or not _owned_by(st, agent[0]):
-            continue
-        ticket = _ticket(data)
-        key = (float("-inf") if ticket is None else ticket, str(data.get("run_id") or ""))
-        if agent not in rank or key < rank[agent]:
-            rank[agent] = key
-            weighs[agent] = _weight(data.get("weight"), slots)
-    mine = rank.get((entry["agent_pid"], entry["agent_create_time"]), (entry["ticket"], entry["run_id"]))
-    ahead = unread + sum(weighs[agent] for agent, key in rank.items() if key < mine)
-    if ahead + weight <= slots:
-        return True
-    release_slot(marker)
-    return False
+    mine = (entry["ticket"], entry["run_id"])
+    deadline = time.monotonic() + _CHOOSING_WAIT
+    while True:
+        live, unread = _live_entries(root, entry["computer"], alive)
+        rank: dict[tuple[Any, Any], tuple[float, str]] = {}
+        weighs: dict[tuple[Any, Any], int] = {}
+        for who, data in live:
+            ticket = _ticket(data)
+            key = (float("-inf") if ticket is None else ticket, str(data.get("run_id") or ""))
+            rank[who] = min(key, rank.get(who, key))
+            weighs[who] = max(_weight(data.get("weight"), slots), weighs.get(who, 0))
+        # ourselves at our own entry: another entry naming our agent (forged, say, with no
+        # ticket) must not put us ahead of runs admitted before us
+        rank[agent], weighs[agent] = mine, weight
+        ahead = [who for who, key in rank.items() if key < rank[agent]]
+        if unread + sum(weighs[who] for who in ahead) + weighs[agent] <= slots:
+            return True
+        choosing = unread or any(rank[who][0] == float("-inf") for who in ahead)
+        if not choosing or time.monotonic() > deadline:
+            release_slot(marker)
+            return False
+        time.sleep(0.02)
+
+
+#: How long an agent looks again while entries ahead of it are still choosing their tickets.
+_CHOOSING_WAIT = 1.0
 
 
 @tenacity.retry(
@@ -370,33 +385,54 @@ def _replace(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _slot_entries(root: Path, computer: Any) -> tuple[list[tuple[os.stat_result, dict[str, Any]]], int]:
-    """The slot entries of ``computer``, each with its file's status, and how many are still
-    being written (unreadable and fresh: each counts as ahead; old unreadable junk does not).
-    Other computers' entries in a shared folder (the stand-in's agent tests) are left out."""
-    out: list[tuple[os.stat_result, dict[str, Any]]] = []
+@tenacity.retry(
+    retry=tenacity.retry_if_exception_type(PermissionError),
+    stop=tenacity.stop_after_delay(2.0),
+    wait=tenacity.wait_fixed(0.01),
+    reraise=True,
+)
+def _unlink(path: Path) -> None:
+    """``unlink``, retried briefly for the same reason as :func:`_replace`: an entry left behind
+    would be read by every later admission until its agent's pid is reused."""
+    path.unlink(missing_ok=True)
+
+
+def _live_entries(
+    root: Path, computer: Any, alive: Callable[[Any, Any], bool]
+) -> tuple[list[tuple[tuple[Any, Any], dict[str, Any]]], int]:
+    """The slot entries of ``computer``'s live agents, each with its agent, and how many entries
+    may still be being written (unreadable and fresh, or not even statable: each counts as
+    ahead; old unreadable junk does not). An entry counts only where its file belongs to the
+    account running its agent (POSIX; see :func:`_owned_by`). Other computers' entries in a
+    shared folder (the stand-in's agent tests) are left out."""
+    out: list[tuple[tuple[Any, Any], dict[str, Any]]] = []
     unread = 0
     now = time.time()
     for other in root.glob("*.slot"):
         try:
             st = other.stat()
+        except FileNotFoundError:
+            continue  # released meanwhile
+        except OSError:  # Windows: being replaced or deleted; maybe someone's entry, so ahead
+            unread += 1
+            continue
+        try:
             data = dict(json.loads(other.read_text()))
         except (OSError, ValueError, TypeError):
-            unread += now - _mtime(other) < _BEING_WRITTEN
+            unread += now - st.st_mtime < _BEING_WRITTEN
             continue
-        if data.get("computer") in (None, computer):
-            out.append((st, data))
+        who = (data.get("agent_pid"), data.get("agent_create_time"))
+        if data.get("computer") in (None, computer) and alive(*who) and _owned_by(st, who[0]):
+            out.append((who, data))
     return out, unread
 
 
-def _ticket(data: dict[str, Any]) -> float | None:
-    """An entry's place in line; ``None`` while it is choosing one. Entries of agents from
-    before tickets stand in line by their claim time."""
-    value = data["ticket"] if "ticket" in data else data.get("started")
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
+def _ticket(data: dict[str, Any]) -> int | None:
+    """An entry's place in line: a whole number, or ``None`` while it is choosing one, and for
+    anything else (a forged or broken value, an agent from before tickets), which counts as
+    ahead."""
+    value = data.get("ticket")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _weight(value: Any, slots: int) -> int:
@@ -408,13 +444,6 @@ def _weight(value: Any, slots: int) -> int:
 
 #: How long an entry that cannot be read yet counts as one being written (then: ignored).
 _BEING_WRITTEN = 5.0
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 def _owned_by(st: os.stat_result, pid: Any) -> bool:
@@ -434,7 +463,7 @@ def release_slot(marker: Marker) -> None:
     """Remove the run's slot entry (its agent is done, or was not admitted)."""
     if slot := marker.data.pop("slot", None):
         with contextlib.suppress(OSError):
-            os.unlink(slot)
+            _unlink(Path(slot))
 
 
 def alive(pid: Any, create_time: Any = None) -> bool:
@@ -448,14 +477,16 @@ def alive(pid: Any, create_time: Any = None) -> bool:
         if create_time is not None and abs(p.create_time() - float(create_time)) > 1:
             return False
         return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.AccessDenied:  # another account's process, there: alive (never over-admit)
+        return True
     except Exception:
         return False
 
 
 def live_slot_entries(computer: Any, root: Path | None = None) -> list[dict[str, Any]]:
     """The slot entries of ``computer``'s live agents: the winexec runs it is running now."""
-    entries, _ = _slot_entries(root or spool_root(), computer)
-    return [data for _, data in entries if alive(data.get("agent_pid"), data.get("agent_create_time"))]
+    entries, _ = _live_entries(root or spool_root(), computer, alive)
+    return [data for _, data in entries]
 
 
 def usable_spool_dir() -> Path | None:

@@ -164,7 +164,8 @@ class LiteRun(AgentRun):
         else:
             state, reason = "failed", f"task instance failed, exit code {code}"
         if api is not None:
-            api.finish(ti.id, "success" if state == "success" else "failed")
+            with api.http:
+                api.finish(ti.id, "success" if state == "success" else "failed")
         if self.marker:
             with contextlib.suppress(OSError):
                 self.marker.update(state=state, exit_code=code, finished=time.time())

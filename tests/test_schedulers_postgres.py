@@ -42,6 +42,7 @@ MANY = 200
 class HA:
     world: World
     ledger: Path  # one line per start of a try, written by the task on its host
+    release: Path  # winexec_hold's tasks end once this exists
 
     @property
     def stack(self) -> AirflowStack:
@@ -83,7 +84,8 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HA]:
             "WINEXEC_FAULTS_LEDGER": str(ledger),
             "WINEXEC_LITE_API": "1",
             "WINEXEC_LITE_SECONDS": "0.2-1.0",
-            "WINEXEC_LITE_SECONDS__winexec_hold": "90",
+            "WINEXEC_LITE_SECONDS__winexec_hold": "600",  # until the test releases them
+            "WINEXEC_LITE_RELEASE": str(tmp / "release-hold"),
         },
         lite=True,
     )
@@ -125,7 +127,7 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HA]:
     ):
         w.stack._spawn("scheduler2", "scheduler")
         _wait_started(w.stack, "scheduler2")
-        yield HA(w, ledger)
+        yield HA(w, ledger, tmp / "release-hold")
 
 
 def _wait_started(stack: AirflowStack, name: str, timeout: float = 120) -> None:
@@ -190,8 +192,17 @@ def test_a_scheduler_killed_under_30_running_tasks_is_adopted_by_the_other(ha: H
     first = stack.procs["scheduler"]
     os.killpg(first.pid, signal.SIGKILL)  # no end(), no detach: its shells stay connected to it
     first.wait(30)
-    assert stack.wait_for_run(dag_id, run_id, timeout=400) == "success", stack.log_tail("scheduler2", 5000)
+    deadline = time.monotonic() + 300  # Airflow's health threshold, then its orphan check
+    while sum(adopted := _adopted(stack)) < 30:
+        assert time.monotonic() < deadline, adopted or stack.log_tail("scheduler2", 5000)
+        time.sleep(2)
+    assert sum(adopted) == 30, adopted  # each once, none reset
+    ha.release.touch()  # the tasks may end now: each was adopted while it ran
+    assert stack.wait_for_run(dag_id, run_id, timeout=300) == "success", stack.log_tail("scheduler2", 5000)
     assert ha.starts(ids) == {ti: 1 for ti in ids}  # adopted, not reset and started again
+
+
+def _adopted(stack: AirflowStack) -> list[int]:
+    """How many orphaned tasks the second scheduler said it adopted, each time it adopted any."""
     log = stack.log_tail("scheduler2", 50_000_000)
-    adopted = [int(n) for n in re.findall(r"winexec: adopted (\d+) of \d+ orphaned", log)]
-    assert sum(adopted) == 30, adopted or log[-5000:]
+    return [int(n) for n in re.findall(r"winexec: adopted (\d+) of \d+ orphaned", log)]

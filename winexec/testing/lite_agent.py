@@ -11,7 +11,8 @@ asks for ``python -m winexec.agent`` (other modes, ``--status`` etc., are the re
 task appends one JSON line to ``$WINEXEC_FAULTS_LEDGER`` as its first action (so a test counts
 every start of every try), flags that its work began, then sleeps for a time drawn from
 ``$WINEXEC_LITE_SECONDS`` (``"lo-hi"``, seeded by the task instance and try;
-``$WINEXEC_LITE_SECONDS__<dag_id>`` for one DAG's tasks).
+``$WINEXEC_LITE_SECONDS__<dag_id>`` for one DAG's tasks), or until the file
+``$WINEXEC_LITE_RELEASE`` exists, whichever comes first (a test holds tasks as long as it needs).
 
 With ``$WINEXEC_LITE_API`` set, the agent also tells Airflow's Execution API what the Task SDK's
 supervisor would (the try started, then succeeded or failed), so a real scheduler sees its tasks
@@ -43,7 +44,9 @@ with open(os.environ["WINEXEC_FAULTS_LEDGER"], "a", encoding="utf-8") as f:
 running = os.environ.get("WINEXEC_RUNNING_FILE")
 if running:
     open(running, "w").close()
-time.sleep(seconds)
+release, end = os.environ.get("WINEXEC_LITE_RELEASE"), time.monotonic() + seconds
+while time.monotonic() < end and not (release and os.path.exists(release)):
+    time.sleep(min(0.2, max(0.0, end - time.monotonic())))
 """
 
 
@@ -164,8 +167,10 @@ class LiteRun(AgentRun):
         else:
             state, reason = "failed", f"task instance failed, exit code {code}"
         if api is not None:
-            with api.http:
+            try:
                 api.finish(ti.id, "success" if state == "success" else "failed")
+            finally:
+                api.http.close()
         if self.marker:
             with contextlib.suppress(OSError):
                 self.marker.update(state=state, exit_code=code, finished=time.time())

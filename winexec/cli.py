@@ -91,7 +91,7 @@ def host_rows(settings: Settings, principal: str | None = None) -> list[dict[str
     """Per host: health of the authenticated channel, slots, and what the host says it runs."""
     from winexec import maintenance
     from winexec.hostcall import open_channel
-    from winexec.launcher import LaunchError, classify
+    from winexec.launcher import HostUnreachable, LaunchError, classify
 
     principal = principal or settings.default_principal
     store, errors = _store(settings, [principal])
@@ -128,7 +128,7 @@ def host_rows(settings: Settings, principal: str | None = None) -> list[dict[str
             )
         except Exception as e:
             err = e if isinstance(e, LaunchError) else classify(e, host, principal)
-            row["health"] = "down" if err.kind == "unreachable" else "error"
+            row["health"] = "down" if isinstance(err, HostUnreachable) else "error"
             row["last_error"] = err.reason
         row["probe_seconds"] = round(time.monotonic() - t0, 2)
         return row

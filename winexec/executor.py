@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.executors.base_executor import BaseExecutor
 
+from winexec import jobresults as res
 from winexec import maintenance, metrics, oneshot, protocol
 from winexec.audit import AuditTrail, audit_path
 from winexec.backoff import backoff
@@ -38,10 +39,13 @@ from winexec.launcher import (
     AgentFailure,
     CredentialStore,
     HostFull,
+    LaunchAmbiguous,
     LaunchError,
     PollResult,
     PythonMissing,
+    ShellGone,
     TaskSession,
+    TicketFailure,
     classify,
     open_session,
     python_missing_reason,
@@ -158,7 +162,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         self.records: dict[TaskInstanceKey, TaskRecord] = {}
         self._facts: dict[TaskInstanceKey, tuple[TaskFacts, float | None]] = {}
         self._callback_facts: dict[Any, TaskFacts] = {}  # by CallbackKey, read in queue_workload
-        self._results: queue.SimpleQueue[tuple[str, TaskInstanceKey | None, Any]] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[res.JobResult] = queue.SimpleQueue()
         self._timers: list[tuple[float, int, TaskInstanceKey]] = []  # launches due
         self._poll_timers: list[tuple[float, int, TaskInstanceKey]] = []  # delayed polls
         self._waiting: set[TaskInstanceKey] = set()
@@ -382,7 +386,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         request: dict[str, Any],
     ) -> None:
         ok, said, answered = oneshot.run_on_host(self._s(), host, ident, self.tickets, mode, request)
-        self._results.put(("oneshot", None, (workload, host, ident, ok, said, answered)))
+        self._results.put(res.OneShotDone(workload, host, ident, ok, said, answered))
 
     def _on_oneshot(
         self, workload: Any, host: HostSpec, ident: Identity, ok: bool, said: str, answered: bool
@@ -561,13 +565,13 @@ class WindowsKerberosExecutor(BaseExecutor):
             self._ensure_principal(ident.principal)
             session = open_session(s, host, ident.principal, ident.delegate, self.tickets, start, min_life)
         except LaunchError as e:
-            self._results.put(("launch_failed", key, e))
+            self._results.put(res.LaunchFailed(key, e))
         except Exception as e:
             reason = f"launch crashed: {e!r}".replace(start.workload.get("token") or "\0", "***")
-            self._results.put(("launch_failed", key, AgentFailure(reason)))
+            self._results.put(res.LaunchFailed(key, AgentFailure(reason)))
         else:
             metrics.launched(host.name, time.monotonic() - began)
-            self._results.put(("launched", key, (session, self._clock())))
+            self._results.put(res.Launched(key, session, self._clock()))
 
     def _ensure_principal(self, principal: str) -> None:
         """Register a principal first seen at run time (run_as_user, executor_config) with the store."""
@@ -590,23 +594,23 @@ class WindowsKerberosExecutor(BaseExecutor):
         try:
             result = session.poll(timeout=s.poll_timeout)
         except LaunchError as e:
-            self._results.put(("poll_failed", key, (e, self._clock())))
+            self._results.put(res.PollFailed(key, e, self._clock()))
         except Exception as e:
-            self._results.put(("poll_failed", key, (AgentFailure(repr(e)), self._clock())))
+            self._results.put(res.PollFailed(key, AgentFailure(repr(e)), self._clock()))
         else:
-            self._results.put(("polled", key, (result, self._clock())))
+            self._results.put(res.Polled(key, result, self._clock()))
 
     def _job_ask_stop(self, key: TaskInstanceKey, session: TaskSession, reason: str) -> None:
         try:
             session.ask_stop(reason)
         except Exception as e:
             self.log.info("winexec: asking %s to stop on %s: %s", key, session.host.name, str(e))
-            self._results.put(("stop_asked", key, False))
+            self._results.put(res.StopAsked(key, False))
         else:
-            self._results.put(("stop_asked", key, True))
+            self._results.put(res.StopAsked(key, True))
 
     def _job_disconnect(self, key: TaskInstanceKey, session: TaskSession) -> None:
-        self._results.put(("disconnected", key, session.disconnect()))
+        self._results.put(res.Disconnected(key, session.disconnect()))
 
     def _job_reattach(self, key: TaskInstanceKey, host: HostSpec, ident: Identity, run_id: str) -> None:
         s = self._s()
@@ -615,11 +619,11 @@ class WindowsKerberosExecutor(BaseExecutor):
             self._ensure_principal(ident.principal)
             session = reattach_session(s, host, ident.principal, ident.delegate, self.tickets, run_id)
         except LaunchError as e:
-            self._results.put(("reattach_failed", key, e))
+            self._results.put(res.ReattachFailed(key, e))
         except Exception as e:
-            self._results.put(("reattach_failed", key, AgentFailure(f"reattach crashed: {e!r}")))
+            self._results.put(res.ReattachFailed(key, AgentFailure(f"reattach crashed: {e!r}")))
         else:
-            self._results.put(("reattached", key, (session, self._clock(), run_id)))
+            self._results.put(res.Reattached(key, session, self._clock(), run_id))
 
     def _job_find_and_reattach(
         self, hosts: list[HostSpec], wanted: dict[TaskInstanceKey, tuple[Identity, str]]
@@ -651,7 +655,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             why = f"no host runs its launch {launch_key}"
             if unasked:
                 why += f" (could not ask {', '.join(unasked)})"
-            self._results.put(("reattach_failed", key, AgentFailure(why)))
+            self._results.put(res.ReattachFailed(key, AgentFailure(why)))
 
     def _job_clean_stray(self, stray: Stray) -> None:
         assert self.tickets is not None
@@ -667,7 +671,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         else:
             session.stop("its launch was ambiguous and the task was failed; not adopted", wait=STOP_WAIT)
             done = True
-        self._results.put(("stray", None, (stray, done)))
+        self._results.put(res.StrayChecked(stray, done))
 
     def _job_refresh_hosts(self, _: None) -> None:
         try:
@@ -677,7 +681,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             hosts = self._quotas.apply(hosts)
         except Exception as e:
             hosts, problems = (), [f"[winexec] hosts: refresh failed: {e}"]
-        self._results.put(("hosts", None, (hosts, problems, self._read_drains())))
+        self._results.put(res.HostsRead(hosts, problems, self._read_drains()))
 
     def _read_drains(self) -> dict[str, str] | None:
         """The hosts operators drained (Airflow's database); ``None`` when it cannot be read."""
@@ -717,53 +721,58 @@ class WindowsKerberosExecutor(BaseExecutor):
     def _drain_results(self) -> None:
         while True:
             try:
-                kind, key, payload = self._results.get_nowait()
+                result = self._results.get_nowait()
             except queue.Empty:
                 return
-            if kind == "hosts":
-                self._on_hosts(*payload)
-                continue
-            if kind == "oneshot":
-                self._on_oneshot(*payload)
-                continue
-            if kind in ("reattached", "reattach_failed"):
-                self._on_reattach_result(kind, key, payload)
-                continue
-            if kind == "stray":
-                stray, done = payload
-                stray.busy = False
-                if done or self._clock() > stray.give_up_at:
-                    self._strays.remove(stray)
-                    self.log.info("winexec: run %s on %s cleaned up", stray.run_id, stray.host.name)
-                else:
-                    stray.next_at = self._clock() + STRAY_RETRY
-                continue
-            self._job_started.pop(key, None)  # type: ignore[arg-type]
-            rec = self.records.get(key) if key is not None else None
-            if rec is None:
-                if kind == "launched":
-                    # forgotten meanwhile (terminate): do not leave the agent running
-                    self._submit(_stop_quietly, payload[0], "no longer wanted")
-                continue
-            rec.busy = False
-            if kind == "launched":
-                self._on_launched(rec, *payload)
-            elif kind == "launch_failed":
-                self._on_launch_failed(rec, payload)
-            elif kind == "polled":
-                self._on_polled(rec, *payload)
-            elif kind == "poll_failed":
-                self._on_poll_failed(rec, *payload)
-            elif kind == "stop_asked":
-                if payload:  # no worker waits out the agent's grace: the record goes on being polled
-                    rec.stop_until = self._clock() + self._s().execution_timeout_grace + STOP_SLACK
-                    self._next_job(rec)
-                else:  # the host did not take the request: delete the shell, or let it idle out
-                    self._done(rec, stop_session=True)
-            elif kind == "disconnected":
+            match result:
+                case res.HostsRead(hosts, problems, drains):
+                    self._on_hosts(hosts, problems, drains)
+                case res.OneShotDone(workload, host, ident, ok, said, answered):
+                    self._on_oneshot(workload, host, ident, ok, said, answered)
+                case res.Reattached() | res.ReattachFailed():
+                    self._on_reattach_result(result)
+                case res.StrayChecked(stray, done):
+                    self._on_stray_checked(stray, done)
+                case _:
+                    self._on_task_result(result)
+
+    def _on_task_result(self, result: res.TaskResult) -> None:
+        self._job_started.pop(result.key, None)
+        rec = self.records.get(result.key)
+        if rec is None:
+            if isinstance(result, res.Launched):
+                # forgotten meanwhile (terminate): do not leave the agent running
+                self._submit(_stop_quietly, result.session, "no longer wanted")
+            return
+        rec.busy = False
+        match result:
+            case res.Launched(_, session, at):
+                self._on_launched(rec, session, at)
+            case res.LaunchFailed(_, error):
+                self._on_launch_failed(rec, error)
+            case res.Polled(_, polled, at):
+                self._on_polled(rec, polled, at)
+            case res.PollFailed(_, error, at):
+                self._on_poll_failed(rec, error, at)
+            case res.StopAsked(_, True):  # no worker waits out the agent's grace: polled on
+                rec.stop_until = self._clock() + self._s().execution_timeout_grace + STOP_SLACK
+                self._next_job(rec)
+            case res.StopAsked(
+                _, False
+            ):  # the host did not take the request: delete the shell, or let it idle out
+                self._done(rec, stop_session=True)
+            case res.Disconnected():
                 self.log.info("winexec: %s left running on %s (run %s)", rec.key, _host(rec), rec.run_id)
                 rec.session = None
                 self._forget(rec)
+
+    def _on_stray_checked(self, stray: Stray, done: bool) -> None:
+        stray.busy = False
+        if done or self._clock() > stray.give_up_at:
+            self._strays.remove(stray)
+            self.log.info("winexec: run %s on %s cleaned up", stray.run_id, stray.host.name)
+        else:
+            stray.next_at = self._clock() + STRAY_RETRY
 
     def _on_hosts(
         self, hosts: tuple[HostSpec, ...], problems: list[str], drains: dict[str, str] | None
@@ -809,14 +818,14 @@ class WindowsKerberosExecutor(BaseExecutor):
         if rec.revoked:
             self._forget(rec)
             return
-        if err.kind == "full":
+        if isinstance(err, HostFull):
             pool.host_full(host)
             rec.excluded.add(host)
             rec.attempt -= 1  # a full host is not the task's failed attempt
             metrics.incr(metrics.RETRIES, cause=err.kind)
             self._schedule(rec, FULL_RETRY if len(rec.excluded) >= len(pool.hosts) else 0.0)
             return
-        if err.kind == "ambiguous":
+        if isinstance(err, LaunchAmbiguous):
             give_up = self._clock() + self._s().keepalive_timeout + protocol.START_LINE_TIMEOUT
             self._strays.append(Stray(spec, rec.identity, rec.run_id, give_up, self._clock() + STRAY_RETRY))
         if err.host_fault:
@@ -832,7 +841,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             self._schedule(rec, delay)
             return
         tries = f" after {rec.attempt} attempt(s)" if rec.attempt > 1 else ""
-        where = "" if err.kind == "ticket" else f" on {host}"
+        where = "" if isinstance(err, TicketFailure) else f" on {host}"
         reason = f"could not start the task{where}{tries}: {err.reason}"
         self._audit("not_launched", rec, host=host, outcome="failed", reason=reason)
         self._finish_unlaunched(rec.key, rec.log_path, reason)
@@ -891,9 +900,9 @@ class WindowsKerberosExecutor(BaseExecutor):
 
     def _on_poll_failed(self, rec: TaskRecord, err: LaunchError, at: float) -> None:
         assert rec.live is not None and rec.host is not None
-        rec.live.poll_failed(no_ticket=err.reason if err.kind == "ticket" else None)
+        rec.live.poll_failed(no_ticket=err.reason if isinstance(err, TicketFailure) else None)
         rec.last_error = err.reason
-        if err.kind == "shell_gone":
+        if isinstance(err, ShellGone):
             # the agent died with its shell (host rebooted): no heartbeat will ever come
             reason = f"{err.reason}; the task's try ended there"
             self.log.error("winexec: %s failed: %s", rec.key, reason)
@@ -1234,14 +1243,15 @@ class WindowsKerberosExecutor(BaseExecutor):
             self._reader = FactsReader(self._s().grants)
         return self._reader
 
-    def _on_reattach_result(self, kind: str, key: TaskInstanceKey | None, payload: Any) -> None:
-        pending = self._adopting.pop(key, None) if key is not None else None
-        if kind == "reattach_failed":
+    def _on_reattach_result(self, result: res.Reattached | res.ReattachFailed) -> None:
+        key = result.key
+        pending = self._adopting.pop(key, None)
+        if isinstance(result, res.ReattachFailed):
             if pending is not None:
-                self.log.warning("winexec: cannot reattach to %s: %s", key, payload.reason)
+                self.log.warning("winexec: cannot reattach to %s: %s", key, result.error.reason)
             return
-        session, at, run_id = payload
-        if pending is None or key is None or self._closing:
+        session, at, run_id = result.session, result.at, result.run_id
+        if pending is None or self._closing:
             self._submit(_stop_quietly, session, "not adopted")  # too late: the scheduler resets it
             return
         ti, searched, ident, _ = pending

@@ -414,7 +414,7 @@ class TaskSession:
         after the input may have arrived (the host rebooted mid-launch): :class:`ShellGone`, the
         try ends. The host silent: :class:`LaunchAmbiguous`.
         """
-        if err.kind not in ("unreachable", "auth", "agent"):  # a real answer: nothing started
+        if not isinstance(err, (HostUnreachable, AuthDenied, AgentFailure)):  # a real answer: nothing started
             self._abandon()
             raise err
         self._pool = self._ps = None
@@ -507,7 +507,8 @@ class TaskSession:
         # host no longer knows the old security context -- as a 401 ("auth") or an undecryptable
         # answer ("agent"); a fresh client logs on again. Quota, ticket and shell-gone answers
         # are real answers.
-        if err.kind not in ("unreachable", "auth", "agent", "ticket") or not self.run_id or self.closed:
+        broken = (HostUnreachable, AuthDenied, AgentFailure, TicketFailure)
+        if not isinstance(err, broken) or not self.run_id or self.closed:
             return False
         self._fresh_credential()  # an expired context needs a new logon; raises if none can be had
         e = self._reattach_or_keep(self.run_id)

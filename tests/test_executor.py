@@ -77,7 +77,8 @@ class FakeSession:
 
 
 class Transport:
-    """Stands in for ``open_session``: per host, either an exception to raise or a script."""
+    """The executor's transport (``winexec.launcher.Transport``): per host, either an exception
+    to raise or a script."""
 
     def __init__(self) -> None:
         self.behaviour: dict[str, Callable[[protocol.Start], list[PollResult] | LaunchError]] = {}
@@ -87,7 +88,7 @@ class Transport:
         self.alive: dict[str, list[PollResult]] = {}  # run id -> what its agent says after reattach
         self.lock = threading.Lock()
 
-    def __call__(
+    def open_session(
         self,
         settings: Settings,
         host: HostSpec,
@@ -129,7 +130,7 @@ def _reattach(
     return s
 
 
-Transport.reattach = _reattach  # type: ignore[attr-defined]
+Transport.reattach_session = _reattach  # type: ignore[attr-defined]
 
 
 def ok_script(start: protocol.Start) -> list[PollResult]:
@@ -213,11 +214,8 @@ def _workload(
 
 
 @pytest.fixture
-def transport(monkeypatch: pytest.MonkeyPatch) -> Transport:
-    t = Transport()
-    monkeypatch.setattr(executor_mod, "open_session", t)
-    monkeypatch.setattr(executor_mod, "reattach_session", t.reattach)  # type: ignore[attr-defined]
-    return t
+def transport() -> Transport:
+    return Transport()
 
 
 @pytest.fixture
@@ -227,8 +225,9 @@ def logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def _executor(**kw: Any) -> executor_mod.WindowsKerberosExecutor:
+def _executor(transport: Transport, **kw: Any) -> executor_mod.WindowsKerberosExecutor:
     ex = executor_mod.WindowsKerberosExecutor(parallelism=kw.pop("parallelism", 32))
+    ex.transport = transport  # type: ignore[assignment]
     ex.settings = _settings(**kw)
     ex.tickets = FakeTickets()
     ex.start()
@@ -236,11 +235,11 @@ def _executor(**kw: Any) -> executor_mod.WindowsKerberosExecutor:
 
 
 @pytest.fixture
-def make_executor() -> Iterator[Callable[..., executor_mod.WindowsKerberosExecutor]]:
+def make_executor(transport: Transport) -> Iterator[Callable[..., executor_mod.WindowsKerberosExecutor]]:
     made: list[executor_mod.WindowsKerberosExecutor] = []
 
     def make(**kw: Any) -> executor_mod.WindowsKerberosExecutor:
-        ex = _executor(**kw)
+        ex = _executor(transport, **kw)
         made.append(ex)
         return ex
 
@@ -900,6 +899,7 @@ def test_two_teams_run_on_their_own_hosts_as_their_own_principals(
         for team in ("team_a", "team_b"):
             ex = executor_mod.WindowsKerberosExecutor(parallelism=8, team_name=team)
             ex.tickets = FakeTickets()
+            ex.transport = transport  # type: ignore[assignment]
             ex.start()
             made.append(ex)
             _queue(ex, _workload(f"{team}_task"))

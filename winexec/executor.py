@@ -42,14 +42,14 @@ from winexec.launcher import (
     LaunchAmbiguous,
     LaunchError,
     PollResult,
+    PsrpTransport,
     PythonMissing,
     ShellGone,
     TaskSession,
     TicketFailure,
+    Transport,
     classify,
-    open_session,
     python_missing_reason,
-    reattach_session,
     retry_delay,
     shell_id_for,
 )
@@ -159,6 +159,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         self.settings: Settings | None = None
         self.pool: HostPool | None = None
         self.tickets: CredentialStore | None = None
+        self.transport: Transport = PsrpTransport()  # how hosts are reached (a fake in unit tests)
         self.records: dict[TaskInstanceKey, TaskRecord] = {}
         self._facts: dict[TaskInstanceKey, tuple[TaskFacts, float | None]] = {}
         self._callback_facts: dict[Any, TaskFacts] = {}  # by CallbackKey, read in queue_workload
@@ -563,7 +564,9 @@ class WindowsKerberosExecutor(BaseExecutor):
             min_life = start.execution_timeout + start.grace
         try:
             self._ensure_principal(ident.principal)
-            session = open_session(s, host, ident.principal, ident.delegate, self.tickets, start, min_life)
+            session = self.transport.open_session(
+                s, host, ident.principal, ident.delegate, self.tickets, start, min_life
+            )
         except LaunchError as e:
             self._results.put(res.LaunchFailed(key, e))
         except Exception as e:
@@ -617,7 +620,9 @@ class WindowsKerberosExecutor(BaseExecutor):
         assert self.tickets is not None
         try:
             self._ensure_principal(ident.principal)
-            session = reattach_session(s, host, ident.principal, ident.delegate, self.tickets, run_id)
+            session = self.transport.reattach_session(
+                s, host, ident.principal, ident.delegate, self.tickets, run_id
+            )
         except LaunchError as e:
             self._results.put(res.ReattachFailed(key, e))
         except Exception as e:
@@ -661,7 +666,7 @@ class WindowsKerberosExecutor(BaseExecutor):
         assert self.tickets is not None
         done = False
         try:
-            session = reattach_session(
+            session = self.transport.reattach_session(
                 self._s(), stray.host, stray.identity.principal, False, self.tickets, stray.run_id
             )
         except AgentFailure:  # no shell, or no agent in it (closed now): nothing runs there

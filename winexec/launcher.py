@@ -901,3 +901,36 @@ def open_session(
     session = TaskSession(settings, host, principal, delegate, cred, tickets)
     session.open(start)
     return session
+
+
+class Transport(Protocol):
+    """How the executor reaches its hosts: :class:`PsrpTransport` in production, a fake in the
+    executor's unit tests (passed in, not patched into this module)."""
+
+    def open_session(
+        self,
+        settings: Settings,
+        host: HostSpec,
+        principal: str,
+        delegate: bool,
+        tickets: CredentialStore,
+        start: protocol.Start,
+        min_lifetime: float | None = None,
+    ) -> TaskSession: ...
+
+    def reattach_session(
+        self,
+        settings: Settings,
+        host: HostSpec,
+        principal: str,
+        delegate: bool,
+        tickets: CredentialStore,
+        run_id: str,
+    ) -> TaskSession: ...
+
+
+class PsrpTransport:
+    """Each task in a WinRM shell of its own over PSRP: :func:`open_session`, :func:`reattach_session`."""
+
+    open_session = staticmethod(open_session)
+    reattach_session = staticmethod(reattach_session)

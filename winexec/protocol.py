@@ -27,12 +27,12 @@ from typing import Any, ClassVar, Literal
 
 PROTOCOL_VERSION = 1
 
-#: Outcomes an ``exit`` event may carry. ``success``/``failed`` come from the task itself;
-#: the rest say why the agent could not run it or stopped it.
 #: How long the agent waits for its start line: a launch whose command reached the host but
 #: whose start line never followed (the host went silent in between) leaves no agent waiting.
 START_LINE_TIMEOUT = 120.0
 
+#: Outcomes an ``exit`` event may carry. ``success``/``failed`` come from the task itself;
+#: the rest say why the agent could not run it or stopped it.
 ExitState = Literal["success", "failed", "timeout", "stopped", "duplicate", "full", "error"]
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
 
@@ -905,28 +905,11 @@ def open_session(
 
 class Transport(Protocol):
     """How the executor reaches its hosts: :class:`PsrpTransport` in production, a fake in the
-    executor's unit tests (passed in, not patched into this module)."""
+    executor's unit tests (passed in, not patched into this module). Each call takes the
+    arguments of the module function of its name."""
 
-    def open_session(
-        self,
-        settings: Settings,
-        host: HostSpec,
-        principal: str,
-        delegate: bool,
-        tickets: CredentialStore,
-        start: protocol.Start,
-        min_lifetime: float | None = None,
-    ) -> TaskSession: ...
-
-    def reattach_session(
-        self,
-        settings: Settings,
-        host: HostSpec,
-        principal: str,
-        delegate: bool,
-        tickets: CredentialStore,
-        run_id: str,
-    ) -> TaskSession: ...
+    open_session: Callable[..., TaskSession]  # as open_session()
+    reattach_session: Callable[..., TaskSession]  # as reattach_session()
 
 
 class PsrpTransport:

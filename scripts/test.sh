@@ -9,5 +9,5 @@ bash scripts/setup.sh
 .venv/bin/mypy
 # Two test modules at a time (each keeps its own KDC, hosts and Airflow): much of the suite waits
 # on timeouts and heartbeats, so two workers on two cores finish in about two thirds of the time.
-# The slowest modules start first (tests/conftest.py); the 15 slowest tests are listed at the end.
+# The 15 slowest tests are listed at the end.
 exec .venv/bin/pytest -q -n 2 --dist loadfile --durations=15 "$@"

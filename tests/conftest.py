@@ -34,21 +34,3 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # inside the test process in unit and fault tests, and writes Airflow's audit log there.
     os.environ.setdefault("KRB5CCNAME", "MEMORY:winexec-tests")
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="winexec-tests-airflow-"))
-
-
-#: Modules that take minutes, longest first: run before the rest, so that the two workers of
-#: ``scripts/test.sh`` (``-n 2 --dist loadfile``) end together instead of one waiting on the other.
-SLOW_FIRST = (
-    "test_schedulers_postgres.py",
-    "test_faults_scale.py",
-    "test_executor_e2e.py",
-    "test_faults.py",
-    "test_demo.py",
-)
-
-
-def pytest_collection_modifyitems(
-    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
-) -> None:
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: files keep their order

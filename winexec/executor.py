@@ -762,9 +762,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             case res.StopAsked(_, True):  # no worker waits out the agent's grace: polled on
                 rec.stop_until = self._clock() + self._s().execution_timeout_grace + STOP_SLACK
                 self._next_job(rec)
-            case res.StopAsked(
-                _, False
-            ):  # the host did not take the request: delete the shell, or let it idle out
+            case res.StopAsked(_, False):  # not taken: delete the shell, or let it idle out
                 self._done(rec, stop_session=True)
             case res.Disconnected():
                 self.log.info("winexec: %s left running on %s (run %s)", rec.key, _host(rec), rec.run_id)

@@ -105,7 +105,9 @@ class AuditTrail:
                 self._missed += len(batch)
                 if time.monotonic() - self._complained >= COMPLAIN_EVERY:
                     self._complained = time.monotonic()
-                    log.error("winexec: audit records not in Airflow's log (%d so far): %s", self._missed, e)
+                    # str(e), not e: a log record holding the exception keeps its frames alive
+                    missed = self._missed
+                    log.error("winexec: audit records not in Airflow's log (%d so far): %s", missed, str(e))
 
 
 def _to_airflow(batch: list[tuple[TaskInstanceKey, dict[str, Any]]]) -> None:

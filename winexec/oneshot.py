@@ -77,4 +77,4 @@ def fail_connection_test(test_id: str, reason: str) -> None:
                 ct.state = ConnectionTestState.FAILED
                 ct.result_message = reason[:2000]
     except Exception as e:  # the reaper fails it later; the reason is in the scheduler log
-        log.warning("winexec: cannot record the failure of connection test %s: %s", test_id, e)
+        log.warning("winexec: cannot record the failure of connection test %s: %s", test_id, str(e))

@@ -62,6 +62,6 @@ class QuotaReader:
                 host.users,
             )
         except Exception as e:  # a host that is down now is asked again at the next refresh
-            log.info("winexec: cannot read %s's WinRM quotas yet: %s", host.name, e)
+            log.info("winexec: cannot read %s's WinRM quotas yet: %s", host.name, str(e))
         else:
             log.info("winexec: %s's WinRM quotas: %s", host.name, self.readings[host.name])

@@ -373,27 +373,25 @@ def take_slot(
 _CHOOSING_WAIT = 1.0
 
 
-@tenacity.retry(
+#: Retried briefly: on Windows a file another agent has open (reading it to rank) cannot be
+#: replaced or removed until it is closed (Python opens files without ``FILE_SHARE_DELETE``).
+_while_open_elsewhere = tenacity.retry(
     retry=tenacity.retry_if_exception_type(PermissionError),
     stop=tenacity.stop_after_delay(2.0),
     wait=tenacity.wait_fixed(0.01),
     reraise=True,
 )
+
+
+@_while_open_elsewhere
 def _replace(tmp: Path, path: Path) -> None:
-    """``os.replace``, retried briefly: on Windows a file another agent has open (reading it to
-    rank) cannot be replaced until it is closed (Python opens files without ``FILE_SHARE_DELETE``)."""
+    """``os.replace`` of our own entry, while other agents may be reading it."""
     os.replace(tmp, path)
 
 
-@tenacity.retry(
-    retry=tenacity.retry_if_exception_type(PermissionError),
-    stop=tenacity.stop_after_delay(2.0),
-    wait=tenacity.wait_fixed(0.01),
-    reraise=True,
-)
+@_while_open_elsewhere
 def _unlink(path: Path) -> None:
-    """``unlink``, retried briefly for the same reason as :func:`_replace`: an entry left behind
-    would be read by every later admission until its agent's pid is reused."""
+    """``unlink`` of our own entry: one left behind would be read by every later admission."""
     path.unlink(missing_ok=True)
 
 

@@ -296,7 +296,9 @@ class AirflowStack:
             self._http = httpx.Client(
                 base_url=f"{self.api_url}/api/v2",
                 headers={"Authorization": f"Bearer {self.token()}"},
-                timeout=60,
+                # a running task's log comes from its host through the api-server: on two busy
+                # cores (the PostgreSQL module beside it) one page took over a minute once
+                timeout=180,
             )
         return self._http
 

@@ -11,7 +11,7 @@ Two views:
 2. **Transport only** (the launcher against one stand-in host, no Airflow): the time from asking
    for a launch to the agent's ``started`` line and to its ``exit`` line, with a protocol-speaking
    script as the agent so Python start-up does not hide the transport:
-   *cold* = ``winexec.launcher.open_session`` (ticket from the store, Kerberos authentication with
+   *cold* = ``winexec.transport.open_session`` (ticket from the store, Kerberos authentication with
    delegation, WinRM shell + PSRP runspace pool, pipeline) then close;
    *warm* = a new pipeline on an already-open runspace pool (what shell reuse would cost).
 """
@@ -44,9 +44,9 @@ def _transport(ctx: Context, n: int) -> dict[str, Any]:
 
     from winexec import protocol
     from winexec.config import HostSpec, load, mapping_getter
-    from winexec.launcher import open_session, spnego_credential
     from winexec.sim.testing import running_cluster
     from winexec.tickets import TicketStore
+    from winexec.transport import open_session, spnego_credential
 
     tmp = ctx.scratch("transport")
     agent = tmp / "quick-agent.sh"

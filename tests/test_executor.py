@@ -23,7 +23,7 @@ from winexec import protocol
 from winexec.config import HostSpec, Settings
 from winexec.grants import parse_grants
 from winexec.identity import TaskFacts
-from winexec.launcher import AgentFailure, AuthDenied, HostFull, HostUnreachable, LaunchError, PollResult
+from winexec.transport import AgentFailure, AuthDenied, HostFull, HostUnreachable, LaunchError, PollResult
 
 
 # -- fakes ----------------------------------------------------------------------------------------
@@ -77,7 +77,7 @@ class FakeSession:
 
 
 class Transport:
-    """The executor's transport (``winexec.launcher.Transport``): per host, either an exception
+    """The executor's transport (``winexec.transport.Transport``): per host, either an exception
     to raise or a script."""
 
     def __init__(self) -> None:

@@ -394,7 +394,7 @@ def test_tickets_expiring_during_a_long_task(w: World, caplog: pytest.LogCapture
     """12 s tickets renewable for 25 s, a 32 s task: its TGT is renewed, then replaced from the
     keytab, and the service ticket its session logged on with expires long before it ends: the
     session logs on again (a Disconnect, then a Connect: no Connect to a connected shell)."""
-    caplog.set_level(logging.INFO, logger="winexec.launcher")
+    caplog.set_level(logging.INFO, logger="winexec.transport.session")
     principal = w.realm.principal("airflow")
     with short_tickets(w.realm, principal, 12, 25):
         ex = w.executor()
@@ -601,7 +601,7 @@ def test_hostile_ids_reach_the_agent_intact_as_pipeline_input_only(w: World, tmp
     import uuid
 
     from winexec import protocol
-    from winexec.launcher import open_session
+    from winexec.transport import open_session
 
     python = _echo_python(tmp_path)
     settings = replace(w.settings, python=str(python))
@@ -635,7 +635,7 @@ def test_hostile_ids_reach_the_agent_intact_as_pipeline_input_only(w: World, tmp
 
 
 def test_an_oversized_workload_fails_that_task_only_with_a_clear_reason(w: World) -> None:
-    from winexec.launcher import MAX_START_BYTES
+    from winexec.transport import MAX_START_BYTES
 
     ex = w.executor()
     big, small = w.submit(ex, 2)

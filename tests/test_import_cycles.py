@@ -1,9 +1,7 @@
 """No new import circle among winexec's modules.
 
 Every import counts, module-level or inside a function (a function-level import is still a
-dependency, only a later one); imports under ``if TYPE_CHECKING:`` do not. The one circle left,
-the launcher and the host channel sharing a WSMan builder and an error tree, is known and named
-below; it goes when the transport becomes a package of its own, with dependencies one way.
+dependency, only a later one); imports under ``if TYPE_CHECKING:`` do not. None is known.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from pathlib import Path
 import winexec
 
 PACKAGE = Path(winexec.__file__).parent
-KNOWN = [{"winexec.hostcall", "winexec.launcher"}]
+KNOWN: list[set[str]] = []
 
 
 def _modules() -> dict[str, Path]:
@@ -100,3 +98,16 @@ def test_no_new_import_circle() -> None:
 
 def test_the_check_finds_a_circle() -> None:
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+
+
+def test_the_transport_knows_nothing_of_airflow() -> None:
+    """``winexec.transport`` is WS-Man and PSRP only: the Airflow glue stays on its side."""
+    modules = _modules()
+    for name, path in modules.items():
+        if name == "winexec.transport" or name.startswith("winexec.transport."):
+            tree = ast.parse(path.read_text())
+            named = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+            named += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+            assert [m for m in named if m.split(".")[0] == "airflow"] == [], name
+            inside = {m for m in _imports(name, path, modules) if not m.startswith("winexec.transport")}
+            assert inside <= {"winexec.config", "winexec.protocol", "winexec.backoff", "winexec.tickets"}, name

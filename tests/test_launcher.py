@@ -18,7 +18,14 @@ import pytest
 
 from winexec import protocol
 from winexec.config import HostSpec, Settings
-from winexec.launcher import (
+from winexec.sim import SimCluster
+from winexec.sim.accounts import share
+from winexec.sim.kdc import Realm, free_port
+from winexec.sim.testing import running_cluster
+from winexec.testing.airflow_stack import AirflowStack
+from winexec.testing.world import host_python
+from winexec.tickets import TicketStore
+from winexec.transport import (
     LaunchAmbiguous,
     LaunchError,
     PollResult,
@@ -28,13 +35,6 @@ from winexec.launcher import (
     python_missing_reason,
     reattach_session,
 )
-from winexec.sim import SimCluster
-from winexec.sim.accounts import share
-from winexec.sim.kdc import Realm, free_port
-from winexec.sim.testing import running_cluster
-from winexec.testing.airflow_stack import AirflowStack
-from winexec.testing.world import host_python
-from winexec.tickets import TicketStore
 
 DAG_ID = "winexec_e2e"
 DAGS = Path(__file__).resolve().parent / "executor_dags"
@@ -158,7 +158,6 @@ def test_second_principal_uses_its_delegated_ticket_for_the_next_hop(world: Worl
 def test_queries_and_the_stop_run_beside_the_agent_and_the_stop_kills_the_task(world: World) -> None:
     """The agent's stdin ended with its start line (5.1): a status query and the stop are
     pipelines of their own in the run's shell, beside the agent's, not behind it."""
-    from winexec.hostcall import HostChannel
 
     run_id, wl = world.workload("too_slow")
     session = open_session(
@@ -171,7 +170,7 @@ def test_queries_and_the_stop_run_beside_the_agent_and_the_stop_kills_the_task(w
         while not of(seen, protocol.Started):
             assert time.monotonic() < deadline, seen
             seen += session.poll(timeout=1).messages
-        channel = HostChannel.around(session)
+        channel = session.channel()
         assert channel is not None
         status = channel.agent("--status", None, session.run_id or "")
         assert status["found"] and status["agent_alive"] and not status.get("finished"), status
@@ -406,7 +405,7 @@ def test_classify_maps_transport_failures() -> None:
     import requests
     from pypsrp.exceptions import AuthenticationError, WSManFaultError
 
-    from winexec.launcher import QUOTA_FAULT_CODES, classify
+    from winexec.transport.errors import QUOTA_FAULT_CODES, classify
 
     h = HostSpec("win01.corp.example", "https", 5986, 4, "10.0.0.1")
     refused = classify(requests.exceptions.ConnectionError("refused"), h, "svc@R")
@@ -425,7 +424,7 @@ def test_classify_maps_transport_failures() -> None:
 
 def test_classify_maps_ticket_errors_by_transience() -> None:
     from winexec import tickets
-    from winexec.launcher import classify
+    from winexec.transport import classify
 
     h = HostSpec("win01.corp.example")
     kdc = classify(tickets.KdcUnreachableError("svc@R", "no KDC"), h, "svc@R")
@@ -445,11 +444,11 @@ def test_only_a_connection_that_never_opened_surely_sent_nothing() -> None:
     import requests
     from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
-    from winexec.launcher import _never_sent
+    from winexec.transport.errors import never_sent
 
     refused = requests.exceptions.ConnectionError(
         MaxRetryError(None, "/wsman", NewConnectionError(None, "Connection refused"))  # type: ignore[arg-type]
     )
-    assert _never_sent(refused)
+    assert never_sent(refused)
     cut = requests.exceptions.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError()))
-    assert not _never_sent(cut)  # the request may have been read before the connection broke
+    assert not never_sent(cut)  # the request may have been read before the connection broke

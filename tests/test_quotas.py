@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import sim_fixtures
-from winexec import hostcall
+from winexec import transport
 from winexec.config import HostSpec, Settings, parse_host
 from winexec.quotas import QuotaReader
 from winexec.sim import Quotas, SimHost
@@ -53,8 +53,8 @@ def test_a_principal_that_is_no_administrator_may_not_read_them(
     host: SimHost, realm: Realm, tickets: TicketStore
 ) -> None:
     spec, settings = _settings(host, realm, "alice")
-    with hostcall.open_channel(settings, spec, realm.principal("alice"), False, tickets) as channel:
-        with pytest.raises(hostcall.QuotasUnreadable, match="may not read them"):
+    with transport.open_channel(settings, spec, realm.principal("alice"), False, tickets) as channel:
+        with pytest.raises(transport.QuotasUnreadable, match="may not read them"):
             channel.quotas()
 
 
@@ -63,7 +63,7 @@ def test_an_administrator_reads_the_smaller_of_winrs_and_the_endpoints_own(
 ) -> None:
     admin.quotas.MaxShellsPerUser = 40
     spec, settings = _settings(admin, realm, "airflow")
-    with hostcall.open_channel(settings, spec, realm.principal("airflow"), False, tickets) as channel:
+    with transport.open_channel(settings, spec, realm.principal("airflow"), False, tickets) as channel:
         got = channel.quotas()
     assert got == {
         "MaxShellsPerUser": 40,
@@ -86,8 +86,8 @@ def test_placement_uses_what_it_read_once_and_what_the_entry_says_first(
     assert (kept.shells_per_user, kept.users) == (40, 3)  # the entry's word wins over the reading
 
     opened: list[str] = []
-    real = hostcall.open_channel
-    monkeypatch.setattr(hostcall, "open_channel", lambda *a: opened.append(a[1].name) or real(*a))
+    real = transport.open_channel
+    monkeypatch.setattr(transport, "open_channel", lambda *a: opened.append(a[1].name) or real(*a))
     refused = QuotaReader(_settings(admin, realm, "alice")[1], tickets)
     for _ in range(3):
         (default,) = refused.apply((spec,))

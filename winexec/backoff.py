@@ -16,3 +16,8 @@ def backoff(attempt: int, initial: float, maximum: float, jitter: float = 0.0) -
     state = tenacity.RetryCallState(retry_object=tenacity.Retrying(), fn=None, args=(), kwargs={})
     state.attempt_number = max(1, attempt)
     return float(wait(state))
+
+
+def retry_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Seconds before launch attempt ``attempt + 1``, with up to ``initial`` of jitter."""
+    return backoff(attempt, initial, maximum, jitter=initial)

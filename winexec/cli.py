@@ -2,7 +2,7 @@
 
 Airflow glue only: the commands read ``[winexec]`` the way the scheduler does (:func:`winexec.config.load`),
 get tickets with :class:`winexec.tickets.TicketStore` and talk to hosts through
-:mod:`winexec.hostcall` -- the same code paths launches use, so a passing check means a task gets
+:mod:`winexec.transport` -- the same code paths launches use, so a passing check means a task gets
 through. Output is a table for people or ``--output json`` for scripts. They run wherever the
 scheduler's configuration and keytabs are (typically the scheduler host), never in the scheduler.
 """
@@ -90,8 +90,7 @@ def _parallel(fn: Callable[[HostSpec], Any], hosts: list[HostSpec]) -> list[Any]
 def host_rows(settings: Settings, principal: str | None = None) -> list[dict[str, Any]]:
     """Per host: health of the authenticated channel, slots, and what the host says it runs."""
     from winexec import maintenance
-    from winexec.hostcall import open_channel
-    from winexec.launcher import HostUnreachable, LaunchError, classify
+    from winexec.transport import HostUnreachable, LaunchError, classify, open_channel
 
     principal = principal or settings.default_principal
     store, errors = _store(settings, [principal])
@@ -285,8 +284,7 @@ def _host_steps(
     quotas: _Quotas | None,
 ) -> list[Step]:
     """Service ticket, shell and the agent on ``host`` as ``principal``; with ``quotas``, the canary."""
-    from winexec.hostcall import open_channel
-    from winexec.launcher import LaunchError, classify
+    from winexec.transport import LaunchError, classify, open_channel
 
     delegate = settings.delegated_anywhere(principal)
     spn = _spn_step(settings, host, principal, ccache)
@@ -350,7 +348,7 @@ class _Quotas:
         self.refused: list[str] = []
 
     def read(self, channel: Any) -> None:
-        from winexec.hostcall import QuotasUnreadable
+        from winexec.transport import QuotasUnreadable
 
         if self.found is not None:
             return
@@ -522,7 +520,7 @@ def _quiet(args: argparse.Namespace) -> None:
     import logging
 
     if not getattr(args, "verbose", False):
-        from winexec.launcher import MESSAGE_LOGGERS  # (which sets them first; raised after)
+        from winexec.transport import MESSAGE_LOGGERS  # (which sets them first; raised after)
 
         for name in ("winexec", "pypsrp", *MESSAGE_LOGGERS):
             logging.getLogger(name).setLevel(logging.WARNING)

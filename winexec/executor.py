@@ -32,15 +32,20 @@ from airflow.executors.base_executor import BaseExecutor
 from winexec import jobresults as res
 from winexec import maintenance, metrics, oneshot, protocol
 from winexec.audit import AuditTrail, audit_path
-from winexec.backoff import backoff
+from winexec.backoff import backoff, retry_delay
 from winexec.config import HostSpec, Settings, airflow_getter, airflow_log_folder, load, reread_hosts
 from winexec.identity import Identity, IdentityError, TaskFacts, for_connection_test, resolve
-from winexec.launcher import (
+from winexec.pool import HostPool, task_weight
+from winexec.quotas import QuotaReader
+from winexec.taskfacts import FactsReader
+from winexec.transport import (
     AgentFailure,
     CredentialStore,
     HostFull,
     LaunchAmbiguous,
     LaunchError,
+    NoAgent,
+    NoShell,
     PollResult,
     PsrpTransport,
     PythonMissing,
@@ -50,12 +55,8 @@ from winexec.launcher import (
     Transport,
     classify,
     python_missing_reason,
-    retry_delay,
     shell_id_for,
 )
-from winexec.pool import HostPool, task_weight
-from winexec.quotas import QuotaReader
-from winexec.taskfacts import FactsReader
 from winexec.watchdog import Liveness, judge
 
 if TYPE_CHECKING:
@@ -635,8 +636,6 @@ class WindowsKerberosExecutor(BaseExecutor):
     ) -> None:
         """Ask each host once, as these tasks' principal (``--runs``), which of their launch keys
         run there, and reattach to each run found (one job each)."""
-        from winexec.hostcall import open_channel
-
         assert self.tickets is not None
         ident = next(iter(wanted.values()))[0]
         by_launch = {launch_key: key for key, (_, launch_key) in wanted.items()}
@@ -646,7 +645,9 @@ class WindowsKerberosExecutor(BaseExecutor):
                 break
             try:
                 self._ensure_principal(ident.principal)
-                with open_channel(self._s(), host, ident.principal, False, self.tickets) as channel:
+                with self.transport.open_channel(
+                    self._s(), host, ident.principal, False, self.tickets
+                ) as channel:
                     runs = channel.agent("--runs").get("runs") or []
             except Exception as e:  # that host cannot say now: the others may
                 self.log.info("winexec: cannot ask %s which runs it has: %s", host.name, str(e))
@@ -669,7 +670,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             session = self.transport.reattach_session(
                 self._s(), stray.host, stray.identity.principal, False, self.tickets, stray.run_id
             )
-        except AgentFailure:  # no shell, or no agent in it (closed now): nothing runs there
+        except (NoShell, NoAgent):  # no shell, or no agent in it (closed now): nothing runs there
             done = True
         except Exception:  # still silent: later
             done = False

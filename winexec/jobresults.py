@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from winexec.config import HostSpec
     from winexec.identity import Identity
-    from winexec.launcher import LaunchError, PollResult, TaskSession
+    from winexec.transport import LaunchError, PollResult, TaskSession
 
 
 @dataclass(frozen=True)

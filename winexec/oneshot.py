@@ -40,8 +40,7 @@ def run_on_host(
 ) -> tuple[bool, str, bool]:
     """Run the workload: (whether it succeeded, what happened, whether the host answered at all,
     which is what its health in placement learns from); never raises."""
-    from winexec.hostcall import open_channel
-    from winexec.launcher import LaunchError, classify
+    from winexec.transport import LaunchError, classify, open_channel
 
     workload = dict(request.get("workload") or {})
     try:

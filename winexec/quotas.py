@@ -45,7 +45,7 @@ class QuotaReader:
         )
 
     def _read(self, host: HostSpec) -> None:
-        from winexec.hostcall import QuotasUnreadable, open_channel
+        from winexec.transport import QuotasUnreadable, open_channel
 
         principal = self.settings.default_principal
         try:

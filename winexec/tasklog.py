@@ -31,7 +31,7 @@ from winexec.config import airflow_log_folder
 if TYPE_CHECKING:
     from winexec.config import Settings
     from winexec.executor import WindowsKerberosExecutor
-    from winexec.launcher import TaskSession
+    from winexec.transport import TaskSession
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,8 @@ def _reader(executor: WindowsKerberosExecutor) -> _Reader:
 
 def read_task_log(executor: WindowsKerberosExecutor, ti: Any, try_number: int) -> tuple[list[str], list[str]]:
     """``(sources, pages)`` of a running task's log on its host; explains itself in ``sources``."""
-    from winexec.hostcall import log_pages, open_channel
     from winexec.identity import resolve
-    from winexec.launcher import LaunchError
+    from winexec.transport import LaunchError, log_pages, open_channel
 
     host_name, _, run_id = str(getattr(ti, "external_executor_id", None) or "").partition("|")
     try:
@@ -135,7 +134,7 @@ def read_task_log(executor: WindowsKerberosExecutor, ti: Any, try_number: int) -
 
 def _guarded(pages: Iterator[str], host: str) -> Iterator[str]:
     """The pages; a failure half-way ends the log with a line saying why (never an HTTP 500)."""
-    from winexec.launcher import LaunchError
+    from winexec.transport import LaunchError
 
     try:
         yield from pages
@@ -151,7 +150,7 @@ def collect_log(session: TaskSession, log_path: str | None) -> Path | None:
     Uses the task's still-open shell, writes to a temporary file and renames it, so a reader sees
     the whole log or none. Never raises: a missing log must not disturb the executor.
     """
-    from winexec.hostcall import HostChannel, log_pages
+    from winexec.transport import log_pages
 
     if not log_path or session.closed:
         return None
@@ -163,7 +162,7 @@ def collect_log(session: TaskSession, log_path: str | None) -> Path | None:
         dest = base / log_path
         if dest.exists():
             return None  # shared folder, or a reason the executor wrote: keep it
-        channel = HostChannel.around(session)
+        channel = session.channel()
         if channel is None:
             return None
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -26,51 +26,42 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, get_args
 
 from winexec import protocol
 from winexec.backoff import backoff
 from winexec.config import HostSpec, Settings
+from winexec.tickets import TicketLifetimeError
+from winexec.transport import wsman
+from winexec.transport.channel import HostChannel
+from winexec.transport.errors import (
+    AgentFailure,
+    AuthDenied,
+    FaultCode,
+    HostUnreachable,
+    LaunchAmbiguous,
+    LaunchError,
+    NoAgent,
+    NoShell,
+    PythonMissing,
+    ShellGone,
+    TicketFailure,
+    WorkloadTooLarge,
+    classify,
+    never_sent,
+)
+from winexec.transport.wsman import PSRP_URI_PREFIX, CredentialStore, shell_id_for
 
 log = logging.getLogger(__name__)
 
-#: pypsrp's loggers that log whole PSRP/WS-Man messages at DEBUG, and the first pipeline input
-#: carries the task's token: kept above DEBUG whatever the scheduler's log level is.
-MESSAGE_LOGGERS = ("pypsrp.messages", "pypsrp.wsman", "pypsrp.serializer", "pypsrp.shell")
-for _name in MESSAGE_LOGGERS:
-    logging.getLogger(_name).setLevel(logging.INFO)
-
-#: WS-Man faults meaning "this host is at a WinRM quota": try another host, not a task failure.
-QUOTA_FAULT_CODES = frozenset(range(0x803381A4, 0x803381B3))
-OPERATION_TIMEOUT_CODE = 0x80338029
 #: The largest ``start`` line sent to an agent. A real workload is a few KiB; one this big means
 #: an oversized field (e.g. the trace context carrier), which would cost the host's WinRM service
 #: that much memory per launch. Refused before any network I/O, as a permanent failure of that task only.
 MAX_START_BYTES = 1024 * 1024
-#: ERROR_WSMAN_SHELL_NOT_FOUND (2150858843): the shell, and the agent in it, no longer exists.
-SHELL_NOT_FOUND_CODE = 0x8033805B
-#: ERROR_WINRS_SHELL_DISCONNECTED: the shell is disconnected already (a Disconnect of it is moot).
-SHELL_DISCONNECTED_CODE = 0x803381C4
-#: A PSRP session configuration's resource URI is this plus its name (pypsrp builds it the same way).
-PSRP_URI_PREFIX = "http://schemas.microsoft.com/powershell/"
 #: The agent's pipeline and one more (stop, log page, status query) run side by side.
 RUNSPACES = 2
-
-FailureKind = Literal[
-    "unreachable",
-    "full",
-    "auth",
-    "clock_skew",
-    "python_missing",
-    "ticket",
-    "agent",
-    "protocol",
-    "shell_gone",
-    "ambiguous",
-]
-
 
 #: Tries to find the run's shell after an ambiguous launch failure before calling it ambiguous.
 SETTLE_ATTEMPTS = 5
@@ -79,107 +70,6 @@ SETTLE_ATTEMPTS = 5
 INPUT_PROBE = 20.0
 #: A session logs on again this long (at most a quarter of its ticket's life) before its ticket ends.
 RELOGON_BEFORE = 300.0
-
-
-class LaunchError(Exception):
-    """Why a task could not be started or kept running on a host.
-
-    ``transient``: another attempt may succeed. ``host_fault``: the host is to blame (count it
-    against the host's circuit and retry elsewhere). ``kind`` names the class of failure.
-    """
-
-    kind: FailureKind = "agent"
-    transient: bool = False
-    host_fault: bool = False
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class HostUnreachable(LaunchError):
-    kind = "unreachable"
-    transient = True
-    host_fault = True
-
-
-class HostFull(LaunchError):
-    kind = "full"
-    transient = True
-    host_fault = False
-
-
-class AuthDenied(LaunchError):
-    kind = "auth"
-
-
-class ClockSkew(LaunchError):
-    """The host's clock is too far from the KDC's: every Kerberos logon to it fails until fixed.
-
-    A fault of that host (its circuit counts it) that another host does not have, so the launch
-    is retried elsewhere; it never heals by retrying the same host soon.
-    """
-
-    kind = "clock_skew"
-    transient = True
-    host_fault = True
-
-
-class PythonMissing(LaunchError):
-    kind = "python_missing"
-
-
-class TicketFailure(LaunchError):
-    kind = "ticket"
-
-    def __init__(self, reason: str, transient: bool) -> None:
-        super().__init__(reason)
-        self.transient = transient
-
-
-class AgentFailure(LaunchError):
-    kind = "agent"
-
-
-class WorkloadTooLarge(LaunchError):
-    kind = "protocol"
-
-
-class ShellGone(LaunchError):
-    """The run's WinRM shell no longer exists on the host (reboot, shell closed): its agent and
-    task process died with it. Definitive for that run; nothing to retry or wait for."""
-
-    kind = "shell_gone"
-
-
-class LaunchAmbiguous(LaunchError):
-    """The agent's command reached the host, then the host went silent: nobody can tell whether
-    the task started. Not retried anywhere, because a second launch could run the try twice; the
-    possibly waiting pipeline ends with its shell, which the host deletes once idle."""
-
-    kind = "ambiguous"
-    host_fault = True
-
-
-class CredentialStore(Protocol):
-    """What the launcher needs from ``winexec.tickets``: a fresh credential per principal."""
-
-    def get(self, principal: str, min_lifetime: float | None = None) -> Any: ...
-
-
-def spnego_credential(cred: Any) -> Any:
-    """The ``spnego`` credential object inside whatever the ticket store returned."""
-    import spnego
-
-    if isinstance(cred, spnego.KerberosCCache):
-        return cred
-    value = getattr(cred, "spnego", None)  # winexec.tickets.Credential
-    if isinstance(value, spnego.KerberosCCache):
-        return value
-    ccache = getattr(cred, "ccache", None)
-    if isinstance(ccache, str):
-        return spnego.KerberosCCache(ccache=ccache, principal=getattr(cred, "principal", None))
-    raise TypeError(f"cannot use {type(cred).__name__} as a Kerberos credential")
 
 
 @dataclass
@@ -198,100 +88,6 @@ class PollResult:
     #: the connection broke and the session reattached: this poll read nothing, which says
     #: nothing about the agent's silence
     reattached: bool = False
-
-
-def classify(exc: BaseException, host: HostSpec, principal: str) -> LaunchError:
-    """Map an exception from pypsrp/requests/spnego/tickets onto a :class:`LaunchError`."""
-    if isinstance(exc, LaunchError):
-        return exc
-    import requests
-    from pypsrp.exceptions import AuthenticationError, WinRMTransportError, WSManFaultError
-
-    where = f"{host.name} ({host.connect_address}:{host.port})"
-    text = str(exc)
-    ticket_error = _ticket_error(exc)
-    if ticket_error is not None:
-        return ticket_error
-    if isinstance(exc, requests.exceptions.SSLError):
-        return HostUnreachable(
-            f"TLS to {where} failed: {text}; check [winexec] cert_validation (a CA bundle path) "
-            "and that the host's certificate names the host"
-        )
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, OSError)):
-        return HostUnreachable(f"cannot reach WinRM on {where}: {type(exc).__name__}: {text[:300]}")
-    if isinstance(exc, AuthenticationError) or (isinstance(exc, WinRMTransportError) and exc.code == 401):
-        return AuthDenied(
-            f"{where} refused {principal} (HTTP 401): check that {principal} may use WinRM on the "
-            f"host (Remote Management Users), that the SPN HTTP/{host.name} is registered, and "
-            "that the principal's keytab is current"
-        )
-    if isinstance(exc, WSManFaultError):
-        code = exc.code if isinstance(exc.code, int) else -1
-        if code == SHELL_NOT_FOUND_CODE:
-            return ShellGone(
-                f"the WinRM shell of this run is gone from {host.name} (the host rebooted or the shell "
-                "was closed), and the task's processes with it"
-            )
-        if code in QUOTA_FAULT_CODES or "quota" in text.lower():
-            return HostFull(f"{where} is at a WinRM quota: {exc.reason}")
-        return HostUnreachable(f"WS-Management fault from {where}: {exc.reason or text}")
-    if isinstance(exc, WinRMTransportError):
-        return HostUnreachable(f"bad HTTP response from {where}: {exc.code}")
-    if type(exc).__name__ == "ExpiredContextError":  # gssapi, from a wrap/unwrap of a message
-        return TicketFailure(
-            f"the Kerberos context of {principal} with {host.name} expired (its ticket's end)", transient=True
-        )
-    spnego_error = _spnego_error(exc, host, principal)
-    if spnego_error is not None:
-        return spnego_error
-    return AgentFailure(f"unexpected error talking to {where}: {type(exc).__name__}: {text[:300]}")
-
-
-def retry_delay(attempt: int, initial: float, maximum: float) -> float:
-    """Seconds before launch attempt ``attempt + 1``, with up to ``initial`` of jitter."""
-    return backoff(attempt, initial, maximum, jitter=initial)
-
-
-def _ticket_error(exc: BaseException) -> LaunchError | None:
-    try:
-        from winexec import tickets
-    except ImportError:  # pragma: no cover - tickets.py lands separately
-        return None
-    base = getattr(tickets, "TicketError", None)
-    if base is None or not isinstance(exc, base):
-        return None
-    is_transient = getattr(tickets, "is_transient", None)
-    transient = bool(is_transient(exc)) if callable(is_transient) else False
-    return TicketFailure(f"no Kerberos ticket: {exc}", transient=transient)
-
-
-def _spnego_error(exc: BaseException, host: HostSpec, principal: str) -> LaunchError | None:
-    try:
-        import spnego.exceptions
-    except ImportError:  # pragma: no cover
-        return None
-    if not isinstance(exc, spnego.exceptions.SpnegoError):
-        return None
-    text = str(exc)
-    low = text.lower()
-    if "cannot contact any kdc" in low or "cannot find kdc" in low or ("kdc" in low and "reach" in low):
-        return TicketFailure(f"Kerberos: {text}", transient=True)
-    if "ticket expired" in low or "context has expired" in low:
-        return TicketFailure(
-            f"the Kerberos ticket of {principal} for {host.name} expired, no fresh one was had: {text[:200]}",
-            transient=True,
-        )
-    if "clock skew" in low:
-        return ClockSkew(
-            f"the clock of {host.name} differs from the KDC's by more than the allowed skew (Kerberos: "
-            "clock skew too great), so no one can log on to it: sync its time with the domain "
-            "(w32tm /resync); other hosts are tried meanwhile"
-        )
-    if "not found in kerberos database" in low and "server" in low:
-        # the SPN of this host is missing: another host may be fine
-        err = HostUnreachable(f"Kerberos has no service principal HTTP/{host.name}: register the SPN")
-        return err
-    return AuthDenied(f"Kerberos authentication of {principal} to {host.name} failed: {text[:300]}")
 
 
 class TaskSession:
@@ -330,37 +126,22 @@ class TaskSession:
 
     # -- lifecycle -------------------------------------------------------------------------
     def _wsman(self) -> Any:
-        from pypsrp.wsman import WSMan
-
-        s, h = self.settings, self.host
-        wsman = WSMan(
-            h.connect_address,
-            port=h.port,
-            ssl=h.ssl,
-            path="wsman",
-            auth="kerberos",
-            username=spnego_credential(self._credential),
-            negotiate_hostname_override=h.name,
-            negotiate_delegate=self.delegate,
-            negotiate_service="HTTP",
-            encryption=s.encryption_for(h),
-            cert_validation=s.cert_validation,  # type: ignore[arg-type]  # a CA path is allowed
-            connection_timeout=s.connect_timeout,
-            operation_timeout=s.operation_timeout,
-            read_timeout=s.read_timeout,
-            reconnection_retries=0,
-        )
+        """A connection as this run's client session (module docstring)."""
         session_id = shell_id_for(self.run_id) if self.run_id else None
-        if session_id:
-            wsman.session_id = session_id  # the run is the client session (module docstring)
-        return wsman
+        return wsman.connect(self.settings, self.host, self._credential, self.delegate, session_id)
 
-    def _runspace_pool(self, wsman: Any) -> Any:
+    def channel(self) -> HostChannel | None:
+        """Agent commands beside the agent, in this run's open shell (no new logon)."""
+        if self._pool is None or self.closed:
+            return None
+        return HostChannel.in_shell(self.settings, self.host, self.principal, self._pool)
+
+    def _runspace_pool(self, connection: Any) -> Any:
         from pypsrp.powershell import RunspacePool
 
         s = self.settings
         return RunspacePool(
-            wsman,
+            connection,
             configuration_name=self.host.configuration,
             max_runspaces=RUNSPACES,
             idle_timeout=math.ceil(s.keepalive_timeout) or None,
@@ -397,7 +178,7 @@ class TaskSession:
             self._ps = ps
             ps.begin_invoke(input=the_input())
         except Exception as e:
-            self._settle(classify(e, h, self.principal), start, input_sent=bool(sent) and not _never_sent(e))
+            self._settle(classify(e, h, self.principal), start, input_sent=bool(sent) and not never_sent(e))
         self.opened_at = time.monotonic()
 
     def _settle(self, err: LaunchError, start: protocol.Start, input_sent: bool) -> None:
@@ -429,8 +210,8 @@ class TaskSession:
                 if not input_sent:
                     self._send_input(start)
                     input_sent = True
-            except AgentFailure as e:
-                if "no shell of run" in e.reason and input_sent:
+            except NoShell:
+                if input_sent:
                     # the shell existed (it answered the pool's open) and is gone now: the host
                     # rebooted or deleted it, maybe after the agent got its input and started
                     raise ShellGone(
@@ -439,9 +220,9 @@ class TaskSession:
                         "task may have started there and died with the shell, so this try is not "
                         "started again"
                     ) from None
-                if "no shell of run" in e.reason or "runs no agent" in e.reason:
-                    raise err from None  # nothing runs there; reattach closed what it found
-                last = e
+                raise err from None  # nothing runs there
+            except NoAgent:
+                raise err from None  # nothing runs there; reattach closed what it found
             except LaunchError as e:
                 last = e
             except Exception as e:
@@ -462,9 +243,7 @@ class TaskSession:
 
     def _agent_claimed(self) -> bool:
         """Whether the run's agent has claimed its run on the host (so it got its input)."""
-        from winexec.hostcall import HostChannel
-
-        channel = HostChannel.around(self)
+        channel = self.channel()
         deadline = time.monotonic() + INPUT_PROBE
         while channel is not None and self.run_id:
             if channel.agent("--status", None, self.run_id).get("found"):
@@ -487,9 +266,7 @@ class TaskSession:
 
     def ask_stop(self, reason: str) -> None:
         """Ask the agent to stop its task (``--stop`` beside it, in this shell's other runspace)."""
-        from winexec.hostcall import HostChannel
-
-        channel = HostChannel.around(self)
+        channel = self.channel()
         if channel is None or not self.run_id:
             return
         channel.agent("--stop", {"reason": reason}, self.run_id, "--wait", "0")
@@ -513,7 +290,7 @@ class TaskSession:
         self._fresh_credential()  # an expired context needs a new logon; raises if none can be had
         e = self._reattach_or_keep(self.run_id)
         if e is not None:
-            if isinstance(e, AgentFailure) and "no shell of run" in e.reason:
+            if isinstance(e, NoShell):
                 raise ShellGone(
                     f"the WinRM shell of this run is gone from {self.host.name} (the host rebooted or "
                     "the shell was closed), and the task's processes with it"
@@ -629,8 +406,6 @@ class TaskSession:
         run ended. None when there is no finished record; a host that cannot be asked right now
         raises (:class:`LaunchError`), and the poll that asked is retried.
         """
-        from winexec.hostcall import HostChannel
-
         if not self.run_id:
             return None
         try:  # a shell of its own: the run's may be the very thing that just broke
@@ -757,24 +532,22 @@ class TaskSession:
         wanted = shell_id_for(run_id)
         self.run_id = run_id
         try:
-            wsman = self._wsman()
-            pools = RunspacePool.get_runspace_pools(wsman)
+            connection = self._wsman()
+            pools = RunspacePool.get_runspace_pools(connection)
             pool = next((p for p in pools if wanted and str(p.id).upper() == wanted), None)
             if pool is None:
-                raise AgentFailure(
-                    f"no shell of run {run_id} on {self.host.name} (it ended or was never there)"
-                )
+                raise NoShell(f"no shell of run {run_id} on {self.host.name} (it ended or was never there)")
             pool.shell.resource_uri = f"{PSRP_URI_PREFIX}{self.host.configuration}"  # its endpoint's
             try:
-                _disconnect(wsman, pool)
+                wsman.disconnect_shell(connection, pool)
             except WSManFaultError as e:
-                if e.code != SHELL_DISCONNECTED_CODE:
+                if e.code != FaultCode.SHELL_DISCONNECTED:
                     raise
             pool.connect()
             pipelines = pool.create_disconnected_power_shells()
             if not pipelines:
                 self._pool = pool
-                raise AgentFailure(f"the shell of run {run_id} on {self.host.name} runs no agent any more")
+                raise NoAgent(f"the shell of run {run_id} on {self.host.name} runs no agent any more")
             ps = pipelines[0]
             ps.connect_async()
             self._pool, self._ps = pool, ps
@@ -788,44 +561,6 @@ class TaskSession:
             self.close()
         except Exception:
             pass
-
-
-def _never_sent(exc: BaseException) -> bool:
-    """Whether ``exc`` is a connection that never opened: its request surely did not reach the host."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        reason = getattr(seen.args[0], "reason", None) if seen.args else None  # urllib3's MaxRetryError
-        for e in (seen, reason):
-            if isinstance(e, (ConnectionRefusedError,)) or type(e).__name__ in (
-                "NewConnectionError",
-                "ConnectTimeoutError",
-            ):
-                return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _disconnect(wsman: Any, pool: Any) -> None:
-    """rsp:Disconnect of ``pool``'s shell (pypsrp's own ``disconnect`` skips a pool it believes
-    disconnected already, which every pool ``get_runspace_pools`` returns is)."""
-    import xml.etree.ElementTree as ET
-
-    from pypsrp.wsman import NAMESPACES, SelectorSet
-
-    selectors = SelectorSet()
-    selectors.add_option("ShellId", str(pool.shell.id))
-    body = ET.Element(f"{{{NAMESPACES['rsp']}}}Disconnect")
-    wsman.disconnect(pool.shell.resource_uri, body, selector_set=selectors)
-
-
-def shell_id_for(run_id: str) -> str | None:
-    """The WinRM ShellId (a GUID) a run's shell gets: the run id, when it is a 32-hex uuid."""
-    import uuid
-
-    try:
-        return str(uuid.UUID(hex=run_id)).upper()
-    except ValueError:
-        return None
 
 
 def reattach_session(
@@ -859,17 +594,6 @@ def _error_text(rec: Any) -> str:
     return str(rec)
 
 
-def python_missing_reason(errors: list[str], host: HostSpec, python: str) -> str | None:
-    """The fix message when PowerShell could not find the configured interpreter."""
-    text = " ".join(errors)
-    if "is not recognized" in text or "CommandNotFound" in text or "not recognized as the name" in text:
-        return (
-            f"{python!r} is not found on {host.name}: install Python with winexec there, "
-            "or set [winexec] python to the interpreter's full path"
-        )
-    return None
-
-
 def open_session(
     settings: Settings,
     host: HostSpec,
@@ -890,8 +614,8 @@ def open_session(
     try:
         try:
             cred = tickets.get(principal, min_lifetime=min_lifetime)
-        except Exception as e:
-            if min_lifetime is None or type(e).__name__ != "TicketLifetimeError":
+        except TicketLifetimeError as e:
+            if min_lifetime is None:
                 raise
             # The KDC caps lifetimes below the task's timeout: run anyway, the store renews.
             log.warning("%s: tickets are shorter than the task's timeout (%s)", principal, str(e))
@@ -901,19 +625,3 @@ def open_session(
     session = TaskSession(settings, host, principal, delegate, cred, tickets)
     session.open(start)
     return session
-
-
-class Transport(Protocol):
-    """How the executor reaches its hosts: :class:`PsrpTransport` in production, a fake in the
-    executor's unit tests (passed in, not patched into this module). Each call takes the
-    arguments of the module function of its name."""
-
-    open_session: Callable[..., TaskSession]  # as open_session()
-    reattach_session: Callable[..., TaskSession]  # as reattach_session()
-
-
-class PsrpTransport:
-    """Each task in a WinRM shell of its own over PSRP: :func:`open_session`, :func:`reattach_session`."""
-
-    open_session = staticmethod(open_session)
-    reattach_session = staticmethod(reattach_session)

@@ -15,14 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from winexec.config import HostSpec, Settings
-from winexec.launcher import (
-    AgentFailure,
-    CredentialStore,
-    PythonMissing,
-    TaskSession,
-    classify,
-    python_missing_reason,
-)
+from winexec.transport import wsman
+from winexec.transport.errors import AgentFailure, PythonMissing, classify, python_missing_reason
+from winexec.transport.wsman import CredentialStore
 
 #: The agent modes a channel may run (a fixed list: no caller-chosen arguments reach the host).
 MODES = frozenset(
@@ -54,25 +49,24 @@ class HostChannel:
         self.settings = settings
         self.host = host
         self.principal = principal
-        # TaskSession builds the WSMan exactly as launches do; reuse it so the two cannot drift.
-        self._session = TaskSession(settings, host, principal, delegate, cred)
+        self._delegate = delegate
+        self._cred = cred
         self._pool: Any = None
+        self._owned = True  # the shell is this channel's to close
 
     @classmethod
-    def around(cls, session: TaskSession) -> HostChannel | None:
-        """A channel in a task's still-open shell (no new logon); closing it leaves the shell open."""
-        pool = session._pool
-        if pool is None or session.closed:
-            return None
-        channel = cls(session.settings, session.host, session.principal, session.delegate, None)
-        channel._pool = pool
+    def in_shell(cls, settings: Settings, host: HostSpec, principal: str, pool: Any) -> HostChannel:
+        """A channel in a task's open shell (its runspace ``pool``: no new logon); closing the
+        channel leaves the shell open."""
+        channel = cls(settings, host, principal, False, None)
+        channel._pool, channel._owned = pool, False
         return channel
 
     def open(self) -> HostChannel:
         from pypsrp.powershell import RunspacePool
 
         try:
-            self._pool = RunspacePool(self._session._wsman())
+            self._pool = RunspacePool(wsman.connect(self.settings, self.host, self._cred, self._delegate))
             self._pool.open()
         except Exception as e:
             self.close()
@@ -82,8 +76,8 @@ class HostChannel:
     def agent(self, mode: str, request: dict[str, Any] | None = None, *args: str) -> dict[str, Any]:
         """Run ``<python> -m winexec.agent <mode> [args]`` and return its one JSON answer.
 
-        Raises :class:`~winexec.launcher.PythonMissing` when the interpreter is not found, and
-        another :class:`~winexec.launcher.LaunchError` for transport or agent failures.
+        Raises :class:`~winexec.transport.errors.PythonMissing` when the interpreter is not found, and
+        another :class:`~winexec.transport.errors.LaunchError` for transport or agent failures.
         """
         from pypsrp.powershell import PowerShell
 
@@ -141,13 +135,13 @@ class HostChannel:
 
         if self._pool is None:
             self.open()
-        wsman = self._pool.connection
+        connection = self._pool.connection
         base = "http://schemas.microsoft.com/wbem/wsman/1/config"
         plugin = SelectorSet()
         plugin.add_option("Name", self.host.configuration)
         try:
-            winrs = wsman.get(f"{base}/winrs")
-            endpoint = wsman.get(f"{base}/plugin", selector_set=plugin)
+            winrs = connection.get(f"{base}/winrs")
+            endpoint = connection.get(f"{base}/plugin", selector_set=plugin)
         except WSManFaultError as e:
             raise QuotasUnreadable(f"{self.principal} may not read them ({e.reason or e.code})") from None
         except Exception as e:
@@ -166,7 +160,7 @@ class HostChannel:
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
-        if pool is not None:
+        if pool is not None and self._owned:
             try:
                 pool.close()
             except Exception:  # a host that is gone is as closed as it gets

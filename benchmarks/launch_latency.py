@@ -46,7 +46,8 @@ def _transport(ctx: Context, n: int) -> dict[str, Any]:
     from winexec.config import HostSpec, load, mapping_getter
     from winexec.sim.testing import running_cluster
     from winexec.tickets import TicketStore
-    from winexec.transport import open_session, spnego_credential
+    from winexec.transport import open_session
+    from winexec.transport.wsman import spnego_credential
 
     tmp = ctx.scratch("transport")
     agent = tmp / "quick-agent.sh"

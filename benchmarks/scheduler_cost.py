@@ -200,13 +200,14 @@ def child_main(spec: dict[str, Any], out: Path) -> None:
     ex.start()
     ex.heartbeat()
     polls = [0]
-    real_on_polled = ex._on_polled
+    assert ex.driver is not None
+    real_on_polled = ex.driver.on_polled
 
     def counting_on_polled(*a: Any, **k: Any) -> None:
         polls[0] += 1
         real_on_polled(*a, **k)
 
-    ex._on_polled = counting_on_polled  # type: ignore[method-assign]
+    ex.driver.on_polled = counting_on_polled  # type: ignore[method-assign]
     sync_times: list[float] = []
     real_sync = ex.sync
 

@@ -473,7 +473,7 @@ def test_deadline_stops_a_task(make_executor, transport) -> None:  # type: ignor
     transport.behaviour = {"win01.t": beating, "win02.t": beating}
     w = _workload()
     _queue(ex, w)
-    ex._facts[w.ti.key] = (TaskFacts.from_ti(w.ti), 0.1)  # what queue_workload reads from the DAG
+    ex.records.facts[w.ti.key] = (TaskFacts.from_ti(w.ti), 0.1)  # what queue_workload reads from the DAG
     events = _run_until(ex, lambda: not ex.records, timeout=10)
     assert _final(events, w.ti.key) == "failed" and "execution_timeout" in events[w.ti.key][1]
 

@@ -110,4 +110,6 @@ def test_the_transport_knows_nothing_of_airflow() -> None:
             named += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
             assert [m for m in named if m.split(".")[0] == "airflow"] == [], name
             inside = {m for m in _imports(name, path, modules) if not m.startswith("winexec.transport")}
-            assert inside <= {"winexec.config", "winexec.protocol", "winexec.backoff", "winexec.tickets"}, name
+            assert inside <= {"winexec.config", "winexec.protocol", "winexec.backoff", "winexec.tickets"}, (
+                name
+            )

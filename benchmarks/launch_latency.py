@@ -40,14 +40,13 @@ printf '{"v":1,"type":"exit","run_id":"%s","state":"success","code":0}\n' "$rid"
 
 def _transport(ctx: Context, n: int) -> dict[str, Any]:
     from pypsrp.powershell import PowerShell, RunspacePool
-    from pypsrp.wsman import WSMan
 
     from winexec import protocol
     from winexec.config import HostSpec, load, mapping_getter
     from winexec.sim.testing import running_cluster
     from winexec.tickets import TicketStore
     from winexec.transport import open_session
-    from winexec.transport.wsman import spnego_credential
+    from winexec.transport.wsman import connect
 
     tmp = ctx.scratch("transport")
     agent = tmp / "quick-agent.sh"
@@ -101,20 +100,7 @@ def _transport(ctx: Context, n: int) -> dict[str, Any]:
                 ctx.sample()
 
             cred = store.get(principal)
-            wsman = WSMan(
-                host.connect_address,
-                port=host.port,
-                ssl=host.ssl,
-                path="wsman",
-                auth="kerberos",
-                username=spnego_credential(cred),
-                negotiate_hostname_override=host.name,
-                negotiate_delegate=True,
-                negotiate_service="HTTP",
-                encryption=settings.encryption_for(host),
-                operation_timeout=settings.operation_timeout,
-                read_timeout=settings.read_timeout,
-            )
+            wsman = connect(settings, host, cred, delegate=True)
             warm_start: list[float] = []
             warm_exit: list[float] = []
             open_t0 = time.perf_counter()

@@ -23,7 +23,15 @@ from winexec import protocol
 from winexec.config import HostSpec, Settings
 from winexec.grants import parse_grants
 from winexec.identity import TaskFacts
-from winexec.transport import AgentFailure, AuthDenied, HostFull, HostUnreachable, LaunchError, PollResult
+from winexec.transport import (
+    AgentFailure,
+    AuthDenied,
+    HostFull,
+    HostUnreachable,
+    LaunchError,
+    NoShell,
+    PollResult,
+)
 
 
 # -- fakes ----------------------------------------------------------------------------------------
@@ -122,7 +130,7 @@ def _reattach(
     with self.lock:
         self.reattached.append((host.name, run_id, principal))
     if run_id not in self.alive:
-        raise AgentFailure(f"no shell of run {run_id}")
+        raise NoShell(f"no shell of run {run_id}")
     start = protocol.Start(workload={}, run_id=run_id)
     s = FakeSession(host, principal, start, self.alive[run_id])
     with self.lock:
@@ -130,7 +138,12 @@ def _reattach(
     return s
 
 
+def _open_channel(self: Transport, settings: Settings, host: HostSpec, *args: Any) -> Any:
+    raise AgentFailure(f"{host.name}: this fake transport opens no channels")
+
+
 Transport.reattach_session = _reattach  # type: ignore[attr-defined]
+Transport.open_channel = _open_channel  # type: ignore[attr-defined]
 
 
 def ok_script(start: protocol.Start) -> list[PollResult]:

@@ -418,6 +418,10 @@ def test_classify_maps_transport_failures() -> None:
     assert "HTTP/win01.corp.example" in denied.reason and "svc@R" in denied.reason
     full = classify(WSManFaultError(min(QUOTA_FAULT_CODES), "m", "too many shells", "", "", ""), h, "svc@R")
     assert (full.kind, full.transient, full.host_fault) == ("full", True, False)
+    endpoint = classify(WSManFaultError(0x803381E4, "m", "plugin shells", "", "", ""), h, "svc@R")
+    assert endpoint.kind == "full"  # the endpoint's own MaxShellsPerUser (ERROR_WSMAN_QUOTA_MAX_SHELLS_PPQ)
+    other = classify(WSManFaultError(0x80338012, "m", "quota-like words", "", "", ""), h, "svc@R")
+    assert other.kind == "unreachable"  # by its code, not its words
     tls = classify(requests.exceptions.SSLError("bad cert"), h, "svc@R")
     assert "cert_validation" in tls.reason
 

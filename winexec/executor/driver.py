@@ -263,6 +263,9 @@ class TaskDriver:
         decision = policy.after_poll_failure(
             err, rec.live.poll_failures, rec.stop_until is not None, self.s.hung_after
         )
+        if not isinstance(decision, policy.EndRun) or decision.reason is None:
+            if policy.worth_logging(rec.live.poll_failures):
+                self.log.warning("winexec: polling %s on %s failed: %s", rec.key, rec.host.name, err.reason)
         match decision:
             case policy.EndRun(reason) if reason is not None:  # the agent died with its shell
                 self.log.error("winexec: %s failed: %s", rec.key, reason)
@@ -273,10 +276,6 @@ class TaskDriver:
             case policy.EndRun():  # asked to stop, then lost: delete the shell, or let it idle out
                 self.done(rec, stop_session=True)
             case policy.PollAgain(delay):
-                if policy.worth_logging(rec.live.poll_failures):
-                    self.log.warning(
-                        "winexec: polling %s on %s failed: %s", rec.key, rec.host.name, err.reason
-                    )
                 self.next_job(rec, delay=delay)
 
     def on_exit(self, rec: TaskRecord, msg: protocol.Exit) -> None:

@@ -59,6 +59,8 @@ class WindowsKerberosExecutor(BaseExecutor):
     #: its own hosts, principals and grants.
     supports_multi_team: bool = True
     serve_logs: bool = False
+    #: the logger's name from before the executor became a package (log settings name it)
+    _logger_name: str | None = "winexec.executor.WindowsKerberosExecutor"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -86,7 +88,9 @@ class WindowsKerberosExecutor(BaseExecutor):
         pool = self.pool = HostPool(
             settings.hosts, failure_threshold=settings.host_failure_threshold, cooldown=settings.host_cooldown
         )
-        tickets = self.tickets = self.tickets or _make_ticket_store(settings)
+        if self.tickets is None:
+            self.tickets = _make_ticket_store(settings)
+        tickets = self.tickets
         self.audit = AuditTrail(audit_path(settings))
         jobs = HostJobs(
             settings, self.transport, tickets, self.records, self._clock, self.log, self.team_name
@@ -95,7 +99,7 @@ class WindowsKerberosExecutor(BaseExecutor):
             settings, pool, self.records, jobs, self.audit, self, self.log, self._clock, self._server_url
         )
         self._adoption = Adoption(driver, self._facts_reader())
-        self._oneshots = OneShots(driver, self, _default_queue(), self._callback_timeout)
+        self._oneshots = OneShots(driver, self, _default_queue, self._callback_timeout)
         self._next_refresh = self._clock() + settings.host_refresh_interval
         self._apply_drains(read_drains(self.log))
         self.log.info(

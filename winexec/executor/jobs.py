@@ -11,7 +11,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -75,13 +75,13 @@ class HostJobs:
     def shutdown(self, wait: bool) -> None:
         self._io.shutdown(wait=wait, cancel_futures=not wait)
 
-    def drain(self) -> list[res.JobResult]:
-        out = []
+    def drain(self) -> Iterator[res.JobResult]:
+        """The results reported so far, each taken off the queue as it is handed out."""
         while True:
             try:
-                out.append(self.results.get_nowait())
+                yield self.results.get_nowait()
             except queue.Empty:
-                return out
+                return
 
     # -- one task's jobs ----------------------------------------------------------------------
     def launch(self, key: TaskInstanceKey, host: HostSpec, ident: Identity, start: protocol.Start) -> None:

@@ -26,7 +26,11 @@ class Airflow(Protocol):
 
 class OneShots:
     def __init__(
-        self, driver: TaskDriver, airflow: Airflow, default_queue: str, callback_timeout: Callable[[], int]
+        self,
+        driver: TaskDriver,
+        airflow: Airflow,
+        default_queue: Callable[[], str],
+        callback_timeout: Callable[[], int],
     ) -> None:
         self.driver = driver
         self.airflow = airflow
@@ -42,9 +46,11 @@ class OneShots:
         test = isinstance(workload, wl.TestConnection)
         queued = af.queued_connection_tests if test else af.queued_callbacks
         facts = (
-            TaskFacts(queue=workload.queue or self.default_queue) if test else d.book.callback_facts.get(key)
+            TaskFacts(queue=workload.queue or self.default_queue())
+            if test
+            else d.book.callback_facts.get(key)
         )
-        facts = facts or TaskFacts(queue=self.default_queue)
+        facts = facts or TaskFacts(queue=self.default_queue())
         queue, ident, reason = facts.queue, None, ""
         if not d.pool.serves(queue):
             reason = (

@@ -150,7 +150,7 @@ class RecordBook:
             self._waiting.discard(rec.key)
         if phase is Phase.DONE:
             self._records.pop(rec.key, None)
-            self._began.pop(rec.key, None)
+            self.job_ended(rec.key)
 
     @property
     def waiting(self) -> int:
@@ -173,26 +173,22 @@ class RecordBook:
         self.set_phase(rec, Phase.WAITING)
         heapq.heappush(self._launches, (when, next(self._seq), rec.key))
 
-    def due_launches(self, now: float) -> list[TaskRecord]:
-        """Waiting records whose launch time has come, in order; not taken ones go back with
-        :meth:`launch_at`."""
-        due = []
+    def due_launches(self, now: float) -> Iterator[TaskRecord]:
+        """Waiting records whose launch time has come, in order, each taken off its timer as it
+        is handed out; one not launched now goes back with :meth:`launch_at`."""
         while self._launches and self._launches[0][0] <= now:
             rec = self._records.get(heapq.heappop(self._launches)[2])
             if rec is not None and rec.phase is Phase.WAITING:
-                due.append(rec)
-        return due
+                yield rec
 
     def poll_at(self, rec: TaskRecord, when: float) -> None:
         heapq.heappush(self._polls, (when, next(self._seq), rec.key))
 
-    def due_polls(self, now: float) -> list[TaskRecord]:
-        due = []
+    def due_polls(self, now: float) -> Iterator[TaskRecord]:
         while self._polls and self._polls[0][0] <= now:
             rec = self._records.get(heapq.heappop(self._polls)[2])
             if rec is not None and rec.phase is Phase.RUNNING:
-                due.append(rec)
-        return due
+                yield rec
 
     # -- written by I/O workers ----------------------------------------------------------------
     def job_began(self, key: TaskInstanceKey, at: float) -> None:

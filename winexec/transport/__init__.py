@@ -30,10 +30,11 @@ from winexec.transport.errors import (
     classify,
     python_missing_reason,
 )
-from winexec.transport.session import PollResult, TaskSession, open_session, reattach_session
+from winexec.transport.session import MAX_START_BYTES, PollResult, TaskSession, open_session, reattach_session
 from winexec.transport.wsman import MESSAGE_LOGGERS, CredentialStore, shell_id_for
 
 __all__ = [
+    "MAX_START_BYTES",
     "MESSAGE_LOGGERS",
     "AgentFailure",
     "AuthDenied",

@@ -38,8 +38,12 @@ class FaultCode(IntEnum):
     SHELL_DISCONNECTED = 0x803381C4
 
 
-#: ERROR_WSMAN_QUOTA_*: the host is at a WinRM quota; try another host, not a task failure.
-QUOTA_FAULT_CODES = range(0x803381A4, 0x803381B3)
+#: ERROR_WSMAN_QUOTA_*: the host is at a WinRM quota; try another host, not a task failure. The
+#: WinRS quotas, the endpoint's own (``*_PPQ``) and ERROR_WSMAN_QUOTA_LIMIT, as wsmerror.h has
+#: them (the codes PowerShell's own ``CimChildJobBase.IsWsManQuotaReached`` checks).
+QUOTA_FAULT_CODES = (
+    frozenset(range(0x803381A4, 0x803381B3)) | frozenset(range(0x803381E4, 0x803381EB)) | {0x8033803F}
+)
 
 
 class LaunchError(Exception):

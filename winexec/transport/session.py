@@ -33,7 +33,6 @@ from typing import Any, get_args
 from winexec import protocol
 from winexec.backoff import backoff
 from winexec.config import HostSpec, Settings
-from winexec.tickets import TicketLifetimeError
 from winexec.transport import wsman
 from winexec.transport.channel import HostChannel
 from winexec.transport.errors import (
@@ -611,6 +610,8 @@ def open_session(
             f"({MAX_START_BYTES} bytes): a field of the task instance (its context carrier, ids) or of its "
             "bundle info is oversized"
         )
+    from winexec.tickets import TicketLifetimeError
+
     try:
         try:
             cred = tickets.get(principal, min_lifetime=min_lifetime)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from winexec import metrics, protocol
@@ -188,7 +189,6 @@ class TaskDriver:
         if isinstance(err, HostFull):
             pool.host_full(host)
             rec.excluded.add(host)
-            rec.attempt -= 1  # a full host is not the task's failed attempt
         if isinstance(err, LaunchAmbiguous):
             give_up = self.clock() + self.s.keepalive_timeout + protocol.START_LINE_TIMEOUT
             self.book.strays.append(
@@ -205,7 +205,9 @@ class TaskDriver:
                 "winexec: launch %d of %s on %s failed: %s", rec.attempt, rec.key, host, err.reason
             )
         match policy.after_launch_failure(err, rec.attempt, host, len(rec.excluded), len(pool.hosts), self.s):
-            case policy.Relaunch(delay):
+            case policy.Relaunch(delay, uses_attempt):
+                if not uses_attempt:  # a full host is not the task's failed attempt
+                    rec.attempt -= 1
                 metrics.incr(metrics.RETRIES, cause=err.kind)
                 self.book.launch_at(rec, self.clock() + delay)
             case policy.GiveUp(reason):
@@ -463,7 +465,7 @@ class TaskDriver:
         self.jobs.submit(write_log, path, lines, self.log)
 
 
-def log_file(log_path: str | None) -> Any:
+def log_file(log_path: str | None) -> Path | None:
     """The task's log file under Airflow's log folder here, or ``None``."""
     base = airflow_log_folder() if log_path else None
     return base / log_path if base is not None and log_path else None

@@ -179,11 +179,7 @@ def open_channel(
     settings: Settings, host: HostSpec, principal: str, delegate: bool, tickets: CredentialStore
 ) -> HostChannel:
     """The principal's credential from ``tickets``, then a shell on ``host``."""
-    try:
-        cred = tickets.get(principal)
-    except Exception as e:
-        raise classify(e, host, principal) from e
-    return HostChannel(settings, host, principal, delegate, cred).open()
+    return HostChannel(settings, host, principal, delegate, wsman.credential(tickets, principal, host)).open()
 
 
 def log_pages(

@@ -317,10 +317,7 @@ class TaskSession:
         """Take the principal's current TGT from the store; whether it is newer than the one in use."""
         if self._tickets is None:
             return False
-        try:
-            cred = self._tickets.get(self.principal)
-        except Exception as e:
-            raise classify(e, self.host, self.principal) from e
+        cred = wsman.credential(self._tickets, self.principal, self.host)
         newer = getattr(cred, "expires_at", 0.0) > getattr(self._credential, "expires_at", 0.0) + 1
         self._credential = cred
         return newer
@@ -571,11 +568,9 @@ def reattach_session(
     run_id: str,
 ) -> TaskSession:
     """A session on the still-running agent of ``run_id`` (left by :meth:`TaskSession.disconnect`)."""
-    try:
-        cred = tickets.get(principal)
-    except Exception as e:
-        raise classify(e, host, principal) from e
-    session = TaskSession(settings, host, principal, delegate, cred, tickets)
+    session = TaskSession(
+        settings, host, principal, delegate, wsman.credential(tickets, principal, host), tickets
+    )
     session.reattach(run_id)
     return session
 
@@ -610,19 +605,7 @@ def open_session(
             f"({MAX_START_BYTES} bytes): a field of the task instance (its context carrier, ids) or of its "
             "bundle info is oversized"
         )
-    from winexec.tickets import TicketLifetimeError
-
-    try:
-        try:
-            cred = tickets.get(principal, min_lifetime=min_lifetime)
-        except TicketLifetimeError as e:
-            if min_lifetime is None:
-                raise
-            # The KDC caps lifetimes below the task's timeout: run anyway, the store renews.
-            log.warning("%s: tickets are shorter than the task's timeout (%s)", principal, str(e))
-            cred = tickets.get(principal)
-    except Exception as e:
-        raise classify(e, host, principal) from e
+    cred = wsman.credential(tickets, principal, host, min_lifetime)
     session = TaskSession(settings, host, principal, delegate, cred, tickets)
     session.open(start)
     return session

@@ -12,6 +12,9 @@ import uuid
 from typing import Any, Protocol
 
 from winexec.config import HostSpec, Settings
+from winexec.transport.errors import classify
+
+log = logging.getLogger(__name__)
 
 #: pypsrp's loggers that log whole PSRP/WS-Man messages at DEBUG, and the first pipeline input
 #: carries the task's token: kept above DEBUG whatever the scheduler's log level is.
@@ -27,6 +30,27 @@ class CredentialStore(Protocol):
     """What the transport needs from ``winexec.tickets``: a fresh credential per principal."""
 
     def get(self, principal: str, min_lifetime: float | None = None) -> Any: ...
+
+
+def credential(
+    tickets: CredentialStore, principal: str, host: HostSpec, min_lifetime: float | None = None
+) -> Any:
+    """The principal's credential from the store, any failure classified as a launch error.
+
+    ``min_lifetime``: the ticket should outlive that many seconds; where the KDC caps lifetimes
+    below it, the shorter ticket is taken anyway (the store renews it) and that is logged."""
+    from winexec.tickets import TicketLifetimeError
+
+    try:
+        try:
+            return tickets.get(principal, min_lifetime=min_lifetime)
+        except TicketLifetimeError as e:
+            if min_lifetime is None:
+                raise
+            log.warning("%s: tickets are shorter than the task's timeout (%s)", principal, str(e))
+            return tickets.get(principal)
+    except Exception as e:
+        raise classify(e, host, principal) from e
 
 
 def spnego_credential(cred: Any) -> Any:

@@ -135,9 +135,6 @@ class RecordBook:
     def __len__(self) -> int:
         return len(self._records)
 
-    def __iter__(self) -> Iterator[TaskInstanceKey]:
-        return iter(self._records)
-
     def values(self) -> list[TaskRecord]:
         """A copy: callers end records while they walk it."""
         return list(self._records.values())

@@ -30,8 +30,6 @@ FailureKind = Literal[
 class FaultCode(IntEnum):
     """The WS-Man fault codes (``WSManFault/@Code``, HRESULTs as unsigned ints) winexec acts on."""
 
-    #: ERROR_WSMAN_OPERATION_TIMEDOUT: a Receive with no output within OperationTimeout
-    OPERATION_TIMEOUT = 0x80338029
     #: ERROR_WSMAN_INVALID_SELECTORS on a shell: it no longer exists, nor the agent in it
     SHELL_NOT_FOUND = 0x8033805B
     #: ERROR_WINRS_SHELL_DISCONNECTED: the shell is disconnected already (a Disconnect is moot)

@@ -127,3 +127,75 @@ class AgentProc:
 
     def of_type(self, type_: str) -> list[Any]:
         return [e for e in self.events if e.type == type_]
+
+
+class WarmProc:
+    """``python -m winexec.agent --warm``: start lines sent one by one while it runs, as the
+    executor streams them into its WinRS shell; events collected per run."""
+
+    def __init__(self, env: dict[str, str], stderr_path: Path, runners: int = 2) -> None:
+        self.stderr_path = stderr_path
+        self.spool = Path(env["WINEXEC_SPOOL"])
+        self._stderr = open(stderr_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "winexec.agent", "--warm", "--runners", str(runners)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+        )
+        self.raw: list[bytes] = []
+        self.events: list[Message] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.raw.append(line)
+                with contextlib.suppress(Exception):
+                    self.events.append(parse_line(line))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def send(self, msg: Message) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(msg.to_line().encode("ascii"))
+        self.proc.stdin.flush()
+
+    def close_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    def of_run(self, run_id: str, type_: str | None = None) -> list[Any]:
+        with self._cond:
+            return [
+                e for e in self.events if getattr(e, "run_id", None) == run_id and type_ in (None, e.type)
+            ]
+
+    def wait_for(self, run_id: str, type_: str, timeout: float = 90) -> Any:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not (found := self.of_run(run_id, type_)):
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self.of_run(run_id, type_)):
+                    raise AssertionError(f"no {type_!r} for {run_id} within {timeout:g} s: {self.describe()}")
+                self._cond.wait(min(left, 0.5))
+        return found[0]
+
+    def describe(self) -> str:
+        parts = [b"".join(self.raw[-15:]).decode(errors="replace")]
+        with contextlib.suppress(OSError):
+            parts.append("--- stderr ---\n" + self.stderr_path.read_text(errors="replace")[-3000:])
+        for log in self.spool.glob("*/warm.*.log"):
+            with contextlib.suppress(OSError):
+                parts.append(f"--- {log.name} ---\n" + log.read_text(errors="replace")[-4000:])
+        return "\n".join(parts)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._stderr.close()

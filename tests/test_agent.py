@@ -20,8 +20,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.agent_helpers import AgentProc, windowslike_env
-from winexec.protocol import Exit, Start, Started, parse_line
+from tests.agent_helpers import AgentProc, WarmProc, windowslike_env
+from winexec.protocol import Exit, Start, Started, Stop, parse_line
 from winexec.testing.airflow_stack import AirflowStack
 
 DAG_ID = "winexec_agent"
@@ -62,6 +62,7 @@ class Runner:
     def __init__(self, stack: AirflowStack, spool: Path, tmp: Path) -> None:
         self.stack, self.spool, self.tmp = stack, spool, tmp
         self.agents: list[AgentProc] = []
+        self.cleanups: list[Any] = []
 
     def env(self) -> dict[str, str]:
         return windowslike_env(self.stack.agent_env(self.tmp / "host-home"), self.spool)
@@ -90,6 +91,8 @@ class Runner:
     def cleanup(self) -> None:
         for a in self.agents:
             a.kill()
+        for c in self.cleanups:
+            c()
 
 
 @pytest.fixture
@@ -295,3 +298,92 @@ def test_supervisor_refusal_is_an_error_exit(runner: Runner) -> None:
     ex = agent.finish()
     assert ex.state == "error", agent.describe()
     assert isinstance(ex, Exit)
+
+
+# -- the warm agent: one process, many runs of one principal ---------------------------------
+def _warm(runner: Runner, runners: int = 2) -> WarmProc:
+    w = WarmProc(runner.env(), runner.tmp / f"warm-stderr-{uuid.uuid4().hex[:6]}.log", runners=runners)
+    runner.cleanups.append(w.kill)
+    return w
+
+
+def _start(runner: Runner, workload: dict[str, Any], **kw: Any) -> Start:
+    kw.setdefault("heartbeat_interval", 0.5)
+    return Start(
+        workload=workload,
+        run_id=f"launch-{uuid.uuid4().hex[:8]}",
+        server=runner.stack.execution_api_url,
+        **kw,
+    )
+
+
+def _ready_runners(agent_pid: int, count: int = 1, timeout: float = 60) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = [
+            p
+            for p in psutil.Process(agent_pid).children(recursive=True)
+            if "winexec.agent.runner" in " ".join(p.cmdline())
+        ]
+        if len(kids) >= count:
+            return kids
+        time.sleep(0.2)
+    raise AssertionError(f"the warm agent did not pre-start {count} task runner(s)")
+
+
+def test_warm_agent_runs_streamed_starts_in_prestarted_runners_one_task_each(runner: Runner) -> None:
+    warm = _warm(runner)
+    prestarted = {p.pid for p in _ready_runners(warm.proc.pid, count=2)}
+    time.sleep(1.0)  # the runners are waiting: their Task SDK import is behind them
+    run_id, wl = runner.workload("push")
+    _, wl2 = runner.workload("push")
+    first, second = _start(runner, wl), _start(runner, wl2)
+    warm.send(first)
+    warm.send(second)  # streamed while the first runs: the agent reads its input as it comes
+    s1 = warm.wait_for(first.run_id, "started")
+    s2 = warm.wait_for(second.run_id, "started")
+    e1 = warm.wait_for(first.run_id, "exit")
+    e2 = warm.wait_for(second.run_id, "exit")
+    assert (e1.state, e1.ti_state) == ("success", "success"), warm.describe()
+    assert (e2.state, e2.ti_state) == ("success", "success"), warm.describe()
+    assert runner.ti_state(run_id, "push") == "success"
+    assert s1.pid != s2.pid, "two tasks in one runner"
+    assert s1.pid in prestarted, "the first task did not get a pre-started runner"
+    assert warm.of_run(first.run_id, "heartbeat")
+    # A resent start line of a run is never run twice: ignored while the agent knows the run,
+    # refused by the run's marker after that.
+    warm.send(first)
+    time.sleep(2.0)
+    assert len(warm.of_run(first.run_id, "started")) == 1, warm.describe()
+    assert [e.state for e in warm.of_run(first.run_id, "exit")] in (["success"], ["success", "duplicate"])
+    # Stdout held protocol lines only, ASCII, each naming its run.
+    for line in warm.raw:
+        line.decode("ascii")
+        parse_line(line)
+    assert not {p.pid for p in _ready_runners(warm.proc.pid)} & {s1.pid, s2.pid}, "a runner reused"
+    token = str(wl["token"])
+    agent = psutil.Process(warm.proc.pid)
+    for p in [agent, *agent.children(recursive=True)]:
+        assert token not in " ".join(p.cmdline())
+    # End of input: no more tasks; the agent exits and takes its waiting runners with it.
+    warm.close_stdin()
+    assert warm.proc.wait(30) == 0
+    assert _gone([*(prestarted - {s1.pid, s2.pid}), warm.proc.pid])
+
+
+def test_warm_agent_stops_one_run_and_keeps_the_other(runner: Runner) -> None:
+    warm = _warm(runner, runners=1)
+    pidfile = runner.tmp / "pids.json"
+    run_id, wl = runner.workload("sleepy", conf={"pidfile": str(pidfile)})
+    _, wl2 = runner.workload("push")
+    sleepy, push = _start(runner, wl, grace=1.0), _start(runner, wl2)
+    warm.send(sleepy)
+    facts = _read_pidfile(pidfile)
+    warm.send(Stop(run_id=sleepy.run_id, reason="revoked by test"))
+    ex = warm.wait_for(sleepy.run_id, "exit")
+    assert (ex.state, ex.reason) == ("stopped", "revoked by test"), warm.describe()
+    assert _gone([facts["pid"], facts["child"]])
+    assert runner.ti_state(run_id, "sleepy") in {"failed", "up_for_retry"}
+    warm.send(push)  # the agent, and its other runs, go on
+    assert warm.wait_for(push.run_id, "exit").state == "success", warm.describe()
+    assert warm.proc.poll() is None

@@ -11,6 +11,13 @@ Nothing else can reach the agent over stdin: 5.1 starts it only once the input h
 is ``python -m winexec.agent --stop RUN_ID`` in another pipeline of the run's shell; an executor
 gone for good is noticed by the host itself, which deletes an idle shell with its processes.
 
+A warm agent (``python -m winexec.agent --warm``, one per host and principal in a WinRS ``cmd``
+shell, whose input WinRM streams to the running process) reads its stdin for as long as it runs:
+
+  ``start``      one per task, as above; several runs go on side by side
+  ``stop``       stop that run
+  end of input   take no more tasks: finish the runs, then exit
+
 Agent -> executor (pipeline output, i.e. the agent's stdout):
   ``started``    the task process is running (pid, host, user, whether a TGT was delegated)
   ``heartbeat``  every ``heartbeat_interval`` seconds while the task runs
@@ -81,6 +88,13 @@ class Start(Message):
         return f"Start(run_id={self.run_id!r}, ti={self.workload.get('ti', {}).get('id')!r})"
 
 
+@dataclass
+class Stop(Message):
+    type: ClassVar[str] = "stop"
+    run_id: str
+    reason: str = ""
+
+
 # -- agent -> executor ---------------------------------------------------------------------
 @dataclass
 class Started(Message):
@@ -120,7 +134,7 @@ class Exit(Message):
     ti_state: str | None = None
 
 
-MESSAGES: dict[str, type[Message]] = {m.type: m for m in (Start, Started, Heartbeat, Log, Exit)}
+MESSAGES: dict[str, type[Message]] = {m.type: m for m in (Start, Stop, Started, Heartbeat, Log, Exit)}
 
 
 def parse_line(line: str | bytes) -> Message:

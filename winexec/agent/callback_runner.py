@@ -37,7 +37,7 @@ def _bundle_path(bundle: dict[str, Any], log: Any) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    comm, logs = connect("winexec.agent.callback_runner", argv)
+    comm, logs, _ = connect("winexec.agent.callback_runner", argv)
     spec = json.loads(sys.stdin.readline() or "{}")
 
     from winexec.agent import compat

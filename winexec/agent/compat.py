@@ -112,6 +112,33 @@ def install_fcntl() -> bool:
     return True
 
 
+def install_threaded_supervisor() -> None:
+    """Let ``supervise_task`` run off the main thread (a warm agent's runs each have one).
+
+    ``ActivitySubprocess.wait`` swaps the ``SIGTERM``/``SIGINT`` handlers around its loop to
+    forward them to the task (``signal.signal``), which Python allows on the main thread only
+    (``ValueError`` elsewhere). Off the main thread the swap is skipped: a warm agent stops its
+    tasks through their containments, and nothing signals a warm agent to stop a task.
+    """
+    import threading
+
+    from airflow.sdk.execution_time import supervisor
+
+    real = signal
+
+    class _Signals(types.ModuleType):
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        @staticmethod
+        def signal(signalnum: Any, handler: Any) -> Any:
+            if threading.current_thread() is threading.main_thread():
+                return real.signal(signalnum, handler)
+            return real.getsignal(signalnum)
+
+    supervisor.signal = _Signals("signal")  # type: ignore[attr-defined]
+
+
 def install_runner() -> list[str]:
     """Everything the task process needs: :func:`install`, :func:`install_fcntl`, no SIGALRM
     timeout, no ``sudo`` re-exec for ``run_as_user``."""

@@ -14,12 +14,16 @@ Windows:
   ``SIGINT -> SIGTERM -> SIGKILL`` escalation, which needs POSIX signals.
 
 The agent selects it through the SDK's own ``[sdk] coordinators``/``queue_to_coordinator``
-configuration and learns about the launch through :func:`set_listener` (one task per agent).
+configuration and learns about the launch through :func:`set_listener` (one per thread: a warm
+agent supervises several tasks, each in a thread of its own). A warm agent also installs a
+:class:`Prestarter`: task runners started before their task, each used for one task only.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -46,6 +50,7 @@ from winexec.agent.containment import Containment
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from pathlib import Path
 
     from airflow.sdk.api.client import Client
     from airflow.sdk.api.datamodels._generated import BundleInfo, TaskInstance
@@ -61,28 +66,39 @@ COORDINATOR_ENV = ("AIRFLOW__SDK__COORDINATORS", "AIRFLOW__SDK__QUEUE_TO_COORDIN
 class LaunchListener(Protocol):
     """What the agent wants to know about its one task process."""
 
+    #: the file the runner touches as ``execute()`` begins (``None``: none)
+    running_file: Path | None
+
     def on_launch(self, proc: subprocess.Popen[bytes], containment: Containment) -> None: ...
 
     def on_started(self, process: WinexecActivitySubprocess) -> None: ...
 
 
-_listener: LaunchListener | None = None
+_local = threading.local()
+_prestarter: Prestarter | None = None
 
 
 def set_listener(listener: LaunchListener | None) -> None:
-    global _listener
-    _listener = listener
+    """The listener of the task this thread supervises."""
+    _local.listener = listener
 
 
-def coordinator_config(queue: str) -> dict[str, str]:
-    """Environment that makes ``supervise_task`` pick :class:`WinexecCoordinator` for ``queue``."""
-    import json
+def _listener() -> LaunchListener | None:
+    return getattr(_local, "listener", None)
 
+
+def set_prestarter(prestarter: Prestarter | None) -> None:
+    global _prestarter
+    _prestarter = prestarter
+
+
+def coordinator_config(*queues: str) -> dict[str, str]:
+    """Environment that makes ``supervise_task`` pick :class:`WinexecCoordinator` for ``queues``."""
     return {
         "AIRFLOW__SDK__COORDINATORS": json.dumps(
             {"winexec": {"classpath": f"{__name__}.WinexecCoordinator", "kwargs": {}}}
         ),
-        "AIRFLOW__SDK__QUEUE_TO_COORDINATOR": json.dumps({queue: "winexec"}),
+        "AIRFLOW__SDK__QUEUE_TO_COORDINATOR": json.dumps(dict.fromkeys(queues, "winexec")),
     }
 
 
@@ -117,12 +133,14 @@ def spawn(
     containment: Containment,
     startup_timeout: float,
     stdin: bytes | None = None,
+    keep_stdin: bool = False,
 ) -> Spawned:
     """Start ``command --comm=... --logs=...`` in ``containment`` and wait until it connects back.
 
     Its stdout/stderr are pipes pumped into socketpairs (the supervisor's selector needs sockets);
     ``stdin`` is written to it and closed, or it gets ``DEVNULL`` (never the agent's own stdin,
-    which held the token). Everything made here is tracked by ``tracker`` for the caller.
+    which held the token), or with ``keep_stdin`` a pipe left open for its task's settings
+    (:class:`Prestarter`). Everything made here is tracked by ``tracker`` for the caller.
     """
     comm_server, logs_server = tracker.track(_start_server(), _start_server())
     stdout_r, stdout_w = tracker.track(*socket.socketpair())
@@ -136,7 +154,7 @@ def spawn(
             "--comm={0[0]}:{0[1]}".format(comm_server.getsockname()),
             "--logs={0[0]}:{0[1]}".format(logs_server.getsockname()),
         ],
-        stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+        stdin=subprocess.PIPE if stdin is not None or keep_stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -144,8 +162,6 @@ def spawn(
     )
     tracker.track(proc)
     containment.adopt(proc)
-    if _listener is not None:
-        _listener.on_launch(proc, containment)
     if stdin is not None:
         assert proc.stdin is not None
         with proc.stdin:
@@ -163,6 +179,107 @@ def spawn(
     )
     tracker.track(*socks.values())
     return Spawned(proc, comm_server, logs_server, socks, stdout_r, stderr_r, drained)
+
+
+#: The runner's argument that makes it wait for its task's settings on stdin (:class:`Prestarter`).
+WAIT_FOR_TASK = "--wait-for-task"
+
+
+@attrs.define
+class Ready:
+    """A runner connected back and waiting for its task, with what owns it until then."""
+
+    child: Spawned
+    containment: Containment
+    tracker: _ResourceTracker
+
+    @classmethod
+    def spawn(cls, command: Sequence[str], startup_timeout: float, prestart: bool = False) -> Ready:
+        containment = Containment()
+        tracker = _ResourceTracker(timeout=startup_timeout)
+        try:
+            child = spawn(tracker, command, containment, startup_timeout, keep_stdin=prestart)
+        except BaseException:
+            tracker.__exit__(None, None, None)
+            containment.kill()
+            containment.close()
+            raise
+        return cls(child, containment, tracker)
+
+    def hand_over(self, running_file: Path | None) -> None:
+        """Tell a pre-started runner what only its task decides (no secret: the task's start
+        message comes over ``--comm`` from the supervisor, as for any runner)."""
+        pipe = self.child.proc.stdin
+        if pipe is None:
+            return
+        with pipe:
+            pipe.write(json.dumps({"running_file": str(running_file or "")}).encode() + b"\n")
+
+    def discard(self) -> None:
+        self.tracker.__exit__(None, None, None)
+        self.containment.kill()
+        self.containment.close()
+
+
+class Prestarter:
+    """Keeps ``size`` task runners started ahead of their tasks (a warm agent's).
+
+    Each has imported the Task SDK and connected back, and waits for its one task: the
+    interpreter start and the SDK import (most of a trivial task's cost) leave the task's
+    critical path. A runner serves one task and exits, so no task runs in a process another
+    task has used. Taken runners are replaced at once, on a thread of their own.
+    """
+
+    def __init__(self, python: str, size: int, startup_timeout: float = 60.0) -> None:
+        self.command = [python, "-m", "winexec.agent.runner", WAIT_FOR_TASK]
+        self.size = size
+        self.startup_timeout = startup_timeout
+        self._ready: queue.SimpleQueue[Ready] = queue.SimpleQueue()
+        self._wanted = threading.Semaphore(0)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="winexec-prestarter", daemon=True)
+        for _ in range(size):
+            self._wanted.release()
+        if size > 0:
+            self._thread.start()
+
+    def _fill(self) -> None:
+        while True:
+            self._wanted.acquire()
+            if self._closed.is_set():
+                return
+            try:
+                ready = Ready.spawn(self.command, self.startup_timeout, prestart=True)
+            except Exception as e:
+                log.warning("could not pre-start a task runner", error=str(e))
+                self._closed.wait(5.0)
+                self._wanted.release()
+                continue
+            if self._closed.is_set():
+                ready.discard()
+                return
+            self._ready.put(ready)
+
+    def take(self) -> Ready:
+        """A ready runner, or one started now when none is (a burst beyond ``size``)."""
+        while True:
+            try:
+                ready = self._ready.get_nowait()
+            except queue.Empty:
+                return Ready.spawn(self.command, self.startup_timeout, prestart=True)
+            self._wanted.release()
+            if ready.child.proc.poll() is None:
+                return ready
+            ready.discard()  # died while waiting; try the next
+
+    def close(self) -> None:
+        self._closed.set()
+        self._wanted.release()
+        while True:
+            try:
+                self._ready.get_nowait().discard()
+            except queue.Empty:
+                return
 
 
 class ContainedKill:
@@ -225,10 +342,14 @@ class WinexecActivitySubprocess(ContainedKill, _PopenActivitySubprocess):
         startup_timeout: float = 10.0,
         **kwargs: Any,
     ) -> Self:
-        containment = Containment()
+        ready = _prestarter.take() if _prestarter is not None else Ready.spawn(command, startup_timeout)
+        containment, child = ready.containment, ready.child
+        listener = _listener()
         try:
-            with _ResourceTracker(timeout=startup_timeout) as tracker:
-                child = spawn(tracker, command, containment, startup_timeout)
+            with ready.tracker as tracker:
+                if listener is not None:
+                    listener.on_launch(child.proc, containment)  # may refuse: the task is stopping
+                ready.hand_over(listener.running_file if listener is not None else None)
                 comm_server, logs_server, socks = child.comm_server, child.logs_server, child.socks
                 self = cls(
                     id=what.id,
@@ -296,8 +417,9 @@ class WinexecCoordinator(SubprocessCoordinator):
             subprocess_schema_version=schema,
             startup_timeout=self.task_startup_timeout,
         )
-        if _listener is not None:
-            _listener.on_started(process)
+        listener = _listener()
+        if listener is not None:
+            listener.on_started(process)
         try:
             exit_code = process.wait()
         finally:

@@ -3,6 +3,7 @@
 Modes::
 
     python -m winexec.agent                  # stdin: one Start line, then it ends
+    python -m winexec.agent --warm [--runners N]  # stdin: Start/Stop lines as they come (warm.py)
     python -m winexec.agent --self-check     # one JSON line about this host
     python -m winexec.agent --status RUN_ID  # one JSON line: the run's marker and liveness
     python -m winexec.agent --stop RUN_ID [--wait S]  # stdin {"reason"}: stop that run
@@ -243,14 +244,27 @@ class AgentRun:
             import psutil
 
             marker.update(agent_create_time=psutil.Process().create_time())
+        self.running_file = marker.log_path.with_suffix(".running")
+        self.running_file.unlink(missing_ok=True)
+        self.own_process(marker)
+        return None
 
+    def own_process(self, marker: Marker) -> None:
+        """This run has the agent process to itself: its diagnostics take fd 1, and the runner
+        inherits where to flag ``execute()`` through the environment."""
         from winexec.agent.events import redirect_stdout
 
         redirect_stdout(marker.log_path)
-        self.running_file = marker.log_path.with_suffix(".running")
-        self.running_file.unlink(missing_ok=True)
         os.environ["WINEXEC_RUNNING_FILE"] = str(self.running_file)  # for the task process (runner)
-        return None
+
+    def route_queue(self, queue: str) -> None:
+        """Make ``supervise_task`` pick winexec's coordinator for ``queue`` (SDK configuration)."""
+        from airflow.sdk.execution_time.coordinator import reset_coordinator_manager
+
+        from winexec.agent import coordinator
+
+        os.environ.update(coordinator.coordinator_config(queue))
+        reset_coordinator_manager()
 
     def watch(self) -> threading.Thread:
         """Start the watchdog (heartbeats, deadlines, stop requests)."""
@@ -261,17 +275,15 @@ class AgentRun:
     def supervise(self, ti: Any) -> int:
         """Run the task under the Task SDK's supervisor (this process is the supervisor)."""
         assert self.marker is not None
-        _configure_agent_logging(self.marker.log_path, self)
+        self.configure_logging(self.marker.log_path)
         wl = self.start.workload
 
         from airflow.sdk.configuration import conf
-        from airflow.sdk.execution_time.coordinator import reset_coordinator_manager
         from airflow.sdk.execution_time.supervisor import supervise_task
 
         from winexec.agent import coordinator
 
-        os.environ.update(coordinator.coordinator_config(ti.queue or "default"))
-        reset_coordinator_manager()
+        self.route_queue(ti.queue or "default")
         coordinator.set_listener(self)
         server = self.start.server or conf.get("core", "execution_api_server_url", fallback=None)
 
@@ -301,6 +313,9 @@ class AgentRun:
                 self.containment.kill()
 
         return self._finish(ti, server, code, error)
+
+    def configure_logging(self, path: Path) -> None:
+        _configure_agent_logging(path, self)
 
     def _finish(self, ti: Any, server: str | None, code: int | None, error: BaseException | None) -> int:
         process = self.process
@@ -504,7 +519,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="as an administrator, once per host: create the run folder every principal shares",
     )
+    mode.add_argument(
+        "--warm", action="store_true", help="run this principal's tasks as their start lines come (stdin)"
+    )
     parser.add_argument("--wait", type=float, default=30.0, help="seconds --stop waits for the run to end")
+    parser.add_argument("--runners", type=int, default=2, help="task runners --warm keeps started ahead")
     args = parser.parse_args(argv)
 
     modes = (
@@ -558,7 +577,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps(out, ensure_ascii=True, sort_keys=True, default=str) + "\n")
         sys.stdout.flush()
         return 0
+    if args.warm:
+        from winexec.agent import warm
 
+        return warm.main(max(0, args.runners))
     return serve()
 
 

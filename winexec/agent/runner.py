@@ -100,14 +100,33 @@ def _say_where() -> None:
     structlog.get_logger("winexec.agent").info(f"winexec: running on {host} as {who}{suffix}")
 
 
-def connect(prog: str, argv: list[str] | None) -> tuple[socket.socket, socket.socket]:
+def connect(prog: str, argv: list[str] | None) -> tuple[socket.socket, socket.socket, bool]:
     """Parse ``--comm``/``--logs`` and connect both, first thing: the supervisor gives up on a
-    child that is slow to connect, and the imports that follow take a while."""
+    child that is slow to connect, and the imports that follow take a while. The flag: whether
+    to wait for the task's settings on stdin (a pre-started runner, ``--wait-for-task``)."""
     parser = argparse.ArgumentParser(prog=f"python -m {prog}")
     parser.add_argument("--comm", required=True, type=_address)
     parser.add_argument("--logs", required=True, type=_address)
+    parser.add_argument("--wait-for-task", action="store_true")
     args = parser.parse_args(argv)
-    return socket.create_connection(args.comm), socket.create_connection(args.logs)
+    return socket.create_connection(args.comm), socket.create_connection(args.logs), args.wait_for_task
+
+
+def wait_for_task(comm: socket.socket, logs: socket.socket) -> None:
+    """A pre-started runner: everything imported, block until the agent hands it a task.
+
+    The one stdin line holds what only the task decides (where to flag ``execute()``); the
+    task itself comes from the supervisor over ``--comm``. No line (the agent closed its pool
+    or died): leave quietly, having run nothing.
+    """
+    import json
+
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        exit_now(0, comm, logs)
+    settings = json.loads(line)
+    if settings.get("running_file"):
+        os.environ["WINEXEC_RUNNING_FILE"] = str(settings["running_file"])
 
 
 def log_to_supervisor(logs: socket.socket) -> None:
@@ -131,7 +150,7 @@ def exit_now(code: int, *socks: socket.socket) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    comm, logs = connect("winexec.agent.runner", argv)
+    comm, logs, prestarted = connect("winexec.agent.runner", argv)
 
     from winexec.agent import compat
 
@@ -142,14 +161,16 @@ def main(argv: list[str] | None = None) -> NoReturn:
     log_to_supervisor(logs)
     _bind_comms(comm)
     _route_sigbreak()
-    _say_where()
-    _flag_execution_start()
 
     code = 0
     try:
-        block_orm_access()
         from airflow.sdk.execution_time.task_runner import main as task_main
 
+        if prestarted:
+            wait_for_task(comm, logs)
+        _say_where()
+        _flag_execution_start()
+        block_orm_access()
         task_main()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (1 if e.code else 0)

@@ -284,6 +284,17 @@ OPTIONS: tuple[Option, ...] = (
         "300",
     ),
     Option(
+        "warm_runners",
+        "integer",
+        "0",
+        "Above 0, tasks launch through one warm agent per host and principal (a WinRM ``cmd`` "
+        "shell whose agent takes each task's start line as it comes), each agent keeping this many "
+        "task runners started ahead of their tasks; each runner runs one task. 0: every task in a "
+        "WinRM shell and agent of its own. A preview: a restarted scheduler does not adopt the "
+        'runs of warm agents (docs/architecture.md, "Warm agents").',
+        "2",
+    ),
+    Option(
         "execution_timeout_grace",
         "float",
         "30",
@@ -487,6 +498,7 @@ class Settings:
     missed_heartbeats: int = _default("missed_heartbeats")
     start_timeout: float = _default("start_timeout")
     keepalive_timeout: float = _default("keepalive_timeout")
+    warm_runners: int = _default("warm_runners")
     execution_timeout_grace: float = _default("execution_timeout_grace")
     launch_attempts: int = _default("launch_attempts")
     launch_backoff: float = _default("launch_backoff")
@@ -732,6 +744,7 @@ def load(get: Getter | None = None, *, check_files: bool = True) -> Settings:
         ("io_workers", 1),
         ("missed_heartbeats", 1),
         ("launch_attempts", 1),
+        ("warm_runners", 0),
     ):
         if values[name] < low:
             opt(name, f"must be at least {low} (got {values[name]})")

@@ -3,7 +3,7 @@
 Modes::
 
     python -m winexec.agent                  # stdin: one Start line, then it ends
-    python -m winexec.agent --warm [--runners N]  # stdin: Start/Stop lines as they come (warm.py)
+    python -m winexec.agent --warm [--runners N]  # stdin: Start/Stop lines as they come (see warm.py)
     python -m winexec.agent --self-check     # one JSON line about this host
     python -m winexec.agent --status RUN_ID  # one JSON line: the run's marker and liveness
     python -m winexec.agent --stop RUN_ID [--wait S]  # stdin {"reason"}: stop that run
@@ -519,11 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="as an administrator, once per host: create the run folder every principal shares",
     )
-    mode.add_argument(
-        "--warm", action="store_true", help="run this principal's tasks as their start lines come (stdin)"
-    )
     parser.add_argument("--wait", type=float, default=30.0, help="seconds --stop waits for the run to end")
-    parser.add_argument("--runners", type=int, default=2, help="task runners --warm keeps started ahead")
     args = parser.parse_args(argv)
 
     modes = (
@@ -577,10 +573,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps(out, ensure_ascii=True, sort_keys=True, default=str) + "\n")
         sys.stdout.flush()
         return 0
-    if args.warm:
-        from winexec.agent import warm
-
-        return warm.main(max(0, args.runners))
     return serve()
 
 

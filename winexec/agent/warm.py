@@ -143,6 +143,17 @@ def serve_warm(sink: EventSink, stdin: LineReader, runners: int, diagnostics: Pa
     return 0
 
 
+def cli(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m winexec.agent --warm", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--warm", action="store_true", required=True)
+    parser.add_argument("--runners", type=int, default=2, help="task runners kept started ahead of tasks")
+    return main(max(0, parser.parse_args(argv).runners))
+
+
 def main(runners: int) -> int:
     from winexec.agent import compat, spool
     from winexec.agent.events import LineReader, capture_stdout

@@ -34,6 +34,7 @@ from winexec.identity import IdentityError, TaskFacts, resolve
 from winexec.pool import HostPool
 from winexec.taskfacts import FactsReader
 from winexec.transport import CredentialStore, PsrpTransport, Transport
+from winexec.transport.warm import WarmTransport
 
 if TYPE_CHECKING:
     from airflow.executors import workloads
@@ -85,6 +86,8 @@ class WindowsKerberosExecutor(BaseExecutor):
     def start(self) -> None:
         """Validate ``[winexec]`` once (all problems in one error) and start the I/O workers."""
         settings = self.settings = self.settings or self._load_settings()
+        if settings.warm_runners and isinstance(self.transport, PsrpTransport):
+            self.transport = WarmTransport()
         pool = self.pool = HostPool(
             settings.hosts, failure_threshold=settings.host_failure_threshold, cooldown=settings.host_cooldown
         )
@@ -235,6 +238,8 @@ class WindowsKerberosExecutor(BaseExecutor):
                 self.records.facts = {k: v for k, v in self.records.facts.items() if k in self.queued_tasks}
             driver.sweep(now)
             metrics.pool_gauges(driver.pool, now, self.records.last_heartbeats())
+            if isinstance(self.transport, WarmTransport):
+                driver.jobs.submit(self.transport.retire_idle, driver.s.keepalive_timeout)
         if now >= self._next_refresh and not self._refreshing:
             self._refreshing = True
             driver.jobs.submit(driver.jobs.refresh_hosts)
@@ -312,6 +317,8 @@ class WindowsKerberosExecutor(BaseExecutor):
             time.sleep(0.05)
         if self.records:
             self.log.warning("winexec: %d task(s) not detached cleanly at shutdown", len(self.records))
+        if isinstance(self.transport, WarmTransport):
+            self.transport.close()  # warm agents finish their runs, then exit
         driver.jobs.shutdown(wait=False)
         driver.trail.flush()
         self._close_tickets()
@@ -336,6 +343,8 @@ class WindowsKerberosExecutor(BaseExecutor):
                 rec.session = None
             driver.forget(rec)
         driver.jobs.shutdown(wait=True)
+        if isinstance(self.transport, WarmTransport):
+            self.transport.close()
         driver.trail.flush()
         self._close_tickets()
 

@@ -9,7 +9,7 @@ three raise the classes of :mod:`.errors`. The executor receives a :class:`Trans
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from winexec.transport.channel import HostChannel, QuotasUnreadable, log_pages, open_channel
 from winexec.transport.errors import (
@@ -71,9 +71,12 @@ class Transport(Protocol):
     """How the executor reaches its hosts. Each call takes the arguments of the module function
     of its name."""
 
-    open_session: Callable[..., TaskSession]  # as open_session()
-    reattach_session: Callable[..., TaskSession]  # as reattach_session()
-    open_channel: Callable[..., HostChannel]  # as open_channel()
+    @property
+    def open_session(self) -> Callable[..., Any]: ...  # as open_session(): a TaskSession, or alike
+    @property
+    def reattach_session(self) -> Callable[..., TaskSession]: ...  # as reattach_session()
+    @property
+    def open_channel(self) -> Callable[..., HostChannel]: ...  # as open_channel()
 
 
 class PsrpTransport:

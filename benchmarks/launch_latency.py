@@ -297,6 +297,12 @@ def markdown(data: dict[str, Any]) -> str:
     text = "End to end, seconds (a chain of trivial tasks, one at a time):\n\n" + table(
         ["executor", "n", "queued->started p50", "p95", "queued->success p50", "p95"], rows
     )
+    cold = r.get("e2e_warm", {}).get("pool_cold_start_queue_to_start_s")
+    if cold:
+        text += (
+            f"\n\nThe warm pool's cold start, apart (its warm-up run, which opens the agents): "
+            f"queued->started p50 {fmt(cold.get('p50'))} s, max {fmt(cold.get('max'))} s."
+        )
     t = r["transport"]
     trows = [
         [

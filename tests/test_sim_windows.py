@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 from pypsrp.powershell import PowerShell, PSInvocationState, RunspacePool
@@ -139,3 +140,20 @@ def test_pywinrm_cmd_shell(realm: Realm, host: SimHost, monkeypatch: pytest.Monk
     )
     r = tls.run_cmd("echo", ["tls"])
     assert (r.std_out, r.status_code) == (b"tls\n", 0)
+
+
+def test_cmd_shell_streams_each_send_to_the_running_command(realm: Realm, host: SimHost) -> None:
+    """MS-WSMV 3.1.4.13: Send pipes input to a running command as it comes; End ends it."""
+    from pypsrp.shell import CommandState, Process, WinRS
+
+    with WinRS(wsman(host, realm)) as shell:
+        proc = Process(shell, "cat")
+        proc.begin_invoke()
+        proc.send(b"first\n", end=False)
+        deadline = time.monotonic() + 10
+        while b"first" not in proc.stdout and time.monotonic() < deadline:
+            proc.poll_invoke(timeout=1)
+        assert proc.stdout == b"first\n" and proc.state == CommandState.RUNNING  # still reading
+        proc.send(b"second\n", end=True)
+        proc.end_invoke()
+        assert (proc.stdout, proc.rc) == (b"first\nsecond\n", 0)

@@ -130,11 +130,16 @@ class WarmAgent:
         """Delete the shell (and with it the agent and whatever still runs in it). Never raises."""
         shell, self._shell = self._shell, None
         self.ended = self.ended or AgentFailure("the warm agent was closed")
-        if shell is not None:
-            try:
-                shell.close()
-            except Exception as e:
-                log.debug("closing the warm shell on %s: %s", self.host.name, str(e))
+        if shell is None:
+            return
+        # The Delete goes on the sending connection: the reader may be in a Receive on its own.
+        closer = self._sender or shell
+        try:
+            with self._send_lock:
+                closer.close()
+        except Exception as e:
+            log.debug("closing the warm shell on %s: %s", self.host.name, str(e))
+        self._sender = None
 
     # -- runs ------------------------------------------------------------------------------
     def submit(self, start: protocol.Start) -> WarmSession:
@@ -148,8 +153,9 @@ class WarmAgent:
             err = classify(e, self.host, self.principal)
             if never_sent(e):
                 raise err from e
-            # The line may have reached the agent: that try must not start anywhere else.
-            self.ended = err
+            # The line may have reached the agent: that try must not start anywhere else, and
+            # this agent, whose input may now hold half a line, takes no more (its runs go on).
+            self.retiring = True
             raise LaunchAmbiguous(f"the start line's Send to the warm agent broke off: {err.reason}") from e
         self.last_used = time.monotonic()
         return session

@@ -38,6 +38,8 @@ from winexec.transport import (
 class FakeSession:
     """Scripted agent: ``script`` is a list of PollResults handed out one per poll."""
 
+    poll_gap = 0.0
+
     def __init__(
         self, host: HostSpec, principal: str, start: protocol.Start, script: list[PollResult]
     ) -> None:

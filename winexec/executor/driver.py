@@ -256,7 +256,7 @@ class TaskDriver:
         elif result.finished:
             self.on_vanished(rec)
         elif not self.stop_overdue(rec, at):
-            self.next_job(rec)
+            self.next_job(rec, delay=rec.session.poll_gap if rec.session is not None else 0.0)
 
     def on_poll_failed(self, rec: TaskRecord, err: LaunchError) -> None:
         assert rec.live is not None and rec.host is not None

@@ -92,6 +92,9 @@ class PollResult:
 class TaskSession:
     """The PSRP session that runs one agent: ``open`` → ``poll``/``send`` … → ``stop``/``close``."""
 
+    #: seconds between polls: none, a poll is itself a Receive that waits on the host
+    poll_gap = 0.0
+
     def __init__(
         self,
         settings: Settings,

@@ -244,6 +244,10 @@ def markdown(data: dict[str, Any]) -> str:
                 lat["queue_to_success_s"].get("p50"),
             ]
         )
+    fl = r.get("floor")
+    if fl:
+        rows.append(["no-fork floor (fresh Python per task)", fl["state"], fl["wall_s"], fl["tasks_per_s"]])
+        rows[-1] += ["-"] * 4
     text = table(
         [
             "executor",
@@ -257,23 +261,7 @@ def markdown(data: dict[str, Any]) -> str:
         ],
         rows,
     )
-    fl = r.get("floor")
     if fl:
-        rows.append(["no-fork floor (fresh Python per task)", fl["state"], fl["wall_s"], fl["tasks_per_s"]])
-        rows[-1] += ["-"] * 4
-        text = table(
-            [
-                "executor",
-                "run",
-                "wall s",
-                "tasks/s",
-                "queued->started p50 s",
-                "p95 s",
-                "started->ended p50 s",
-                "queued->success p50 s",
-            ],
-            rows,
-        )
         text += f"\n\n**winexec / floor = {fmt(r.get('floor_ratio'))}**."
     text += (
         f"\n\n**wall_time_ratio (winexec / LocalExecutor) = {fmt(r['wall_time_ratio'])}** for "

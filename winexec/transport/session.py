@@ -591,6 +591,17 @@ def _error_text(rec: Any) -> str:
     return str(rec)
 
 
+def check_size(start: protocol.Start) -> None:
+    """Refuse, before any network I/O, a start line no host should be sent."""
+    size = len(start.to_line())
+    if size > MAX_START_BYTES:
+        raise WorkloadTooLarge(
+            f"the workload is {size} bytes as JSON, more than winexec sends to a host "
+            f"({MAX_START_BYTES} bytes): a field of the task instance (its context carrier, ids) or of its "
+            "bundle info is oversized"
+        )
+
+
 def open_session(
     settings: Settings,
     host: HostSpec,
@@ -601,13 +612,7 @@ def open_session(
     min_lifetime: float | None = None,
 ) -> TaskSession:
     """Get the principal's credential, open a session on ``host`` and start the agent."""
-    size = len(start.to_line())
-    if size > MAX_START_BYTES:
-        raise WorkloadTooLarge(
-            f"the workload is {size} bytes as JSON, more than winexec sends to a host "
-            f"({MAX_START_BYTES} bytes): a field of the task instance (its context carrier, ids) or of its "
-            "bundle info is oversized"
-        )
+    check_size(start)
     cred = wsman.credential(tickets, principal, host, min_lifetime)
     session = TaskSession(settings, host, principal, delegate, cred, tickets)
     session.open(start)

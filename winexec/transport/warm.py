@@ -32,11 +32,10 @@ from winexec.transport.errors import (
     AgentFailure,
     LaunchAmbiguous,
     LaunchError,
-    WorkloadTooLarge,
     classify,
     never_sent,
 )
-from winexec.transport.session import MAX_START_BYTES, PollResult
+from winexec.transport.session import PollResult, check_size
 
 if TYPE_CHECKING:
     from winexec.config import HostSpec, Settings
@@ -333,9 +332,7 @@ class WarmTransport:
         start: protocol.Start,
         min_lifetime: float | None = None,
     ) -> WarmSession:
-        size = len(start.to_line())
-        if size > MAX_START_BYTES:
-            raise WorkloadTooLarge(f"the workload is {size} bytes as JSON, more than {MAX_START_BYTES}")
+        check_size(start)
         agent = self._agent(settings, host, principal, delegate, tickets, min_lifetime)
         return agent.submit(start)
 

@@ -256,7 +256,7 @@ class TaskDriver:
         elif result.finished:
             self.on_vanished(rec)
         elif not self.stop_overdue(rec, at):
-            self.next_job(rec, delay=rec.session.poll_gap if rec.session is not None else 0.0)
+            self.next_job(rec)
 
     def on_poll_failed(self, rec: TaskRecord, err: LaunchError) -> None:
         assert rec.live is not None and rec.host is not None
@@ -350,15 +350,19 @@ class TaskDriver:
     def tick(self, now: float) -> None:
         """Due polls and stray cleanups (each heartbeat)."""
         for rec in self.book.due_polls(now):
-            self.next_job(rec)
+            self.next_job(rec, due=True)
         for stray in self.book.strays:
             if not stray.busy and stray.next_at <= now and not self.closing:
                 stray.busy = True
                 self.jobs.submit(self.jobs.clean_stray, stray)
 
-    def next_job(self, rec: TaskRecord, delay: float = 0.0) -> None:
+    def next_job(self, rec: TaskRecord, delay: float = 0.0, due: bool = False) -> None:
         """Queue the next worker job for a running record: stop if asked, else poll (every poll is
-        a request to the task's shell, which keeps it from its IdleTimeOut)."""
+        a request to the task's shell, which keeps it from its IdleTimeOut).
+
+        A session with a ``poll_gap`` (a warm run) is polled here, on the scheduler thread, once
+        that gap has passed (``due``): its poll reads memory only, what its agent's reader thread
+        queued, so it needs no worker."""
         if rec.busy or rec.session is None:
             return
         if self.closing and rec.stop_reason is None:
@@ -372,12 +376,25 @@ class TaskDriver:
             rec.busy = True
             self.jobs.submit(self.jobs.ask_stop, rec.key, rec.session, rec.stop_reason)
             return
-        if delay > 0:
+        gap = rec.session.poll_gap
+        if delay > 0 or (gap > 0 and not due):
             # e.g. a failing host: poll again later, without holding a worker while waiting
-            self.book.poll_at(rec, self.clock() + delay)
+            self.book.poll_at(rec, self.clock() + max(delay, gap))
+            return
+        if gap > 0:
+            self._poll_here(rec)
             return
         rec.busy = True
         self.jobs.submit(self.jobs.poll, rec.key, rec.session)
+
+    def _poll_here(self, rec: TaskRecord) -> None:
+        assert rec.session is not None
+        try:
+            result = rec.session.poll(timeout=0)
+        except LaunchError as e:
+            self.on_poll_failed(rec, e)
+        else:
+            self.on_polled(rec, result, self.clock())
 
     def request_stop(self, rec: TaskRecord, reason: str) -> None:
         """Stop a task on its host (watchdog, revoke): the next job for it is the stop."""
